@@ -1,0 +1,130 @@
+"""Gradient checks for the fused ops in tinygpt.functional (finite differences, float64), run under
+whichever kernel set TINYGPT_KERNELS picks (CI runs this file under both).
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import tinygpt as tg
+import tinygpt.functional as F
+from gradcheck import arrays, check_grad, nonscalar_shapes
+
+N = 50  # hypothesis examples per op
+
+
+@settings(max_examples=N)
+@given(data=st.data(), shape=nonscalar_shapes)
+def test_softmax_and_log_softmax(data, shape):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    x = data.draw(arrays(shape, -5, 5))
+    check_grad(lambda t: F.softmax(t, axis=axis), x)
+    check_grad(lambda t: F.log_softmax(t, axis=axis), x)
+
+
+@settings(max_examples=N)
+@given(data=st.data(), lead=st.sampled_from([(5,), (2, 3), (1, 1), (3, 1)]), C=st.integers(1, 6),
+       reduction=st.sampled_from(["mean", "sum", "none"]))
+def test_cross_entropy(data, lead, C, reduction):
+    logits = data.draw(arrays(lead + (C,), -5, 5))
+    targets = data.draw(hnp.arrays(np.int64, lead, elements=st.sampled_from([-100] + list(range(C)))))
+    check_grad(lambda t: F.cross_entropy(t, targets, reduction=reduction), logits)
+
+
+@settings(max_examples=N)
+@given(data=st.data(), shape=nonscalar_shapes, with_bias=st.booleans())
+def test_layer_norm(data, shape, with_bias):
+    C = shape[-1]
+    x = data.draw(arrays(shape))
+    # subtle: a row of (nearly) equal values has variance ~0, so rstd = 1/sqrt(var + 1e-5) ~ 316
+    # and the third derivative ~ rstd^3 is huge. That is smooth, not a kink: rather than narrowing
+    # the domain, the finite difference takes a 10x smaller step (truncation error ~ step^2).
+    w, b = data.draw(arrays((C,))), data.draw(arrays((C,)))
+    if with_bias:
+        check_grad(lambda t, w_, b_: F.layer_norm(t, w_, b_), x, w, b, eps=1e-7)
+    else:
+        check_grad(lambda t, w_: F.layer_norm(t, w_, None), x, w, eps=1e-7)
+
+
+@settings(max_examples=N)
+@given(data=st.data(), shape=nonscalar_shapes)
+def test_gelu(data, shape):
+    check_grad(F.gelu, data.draw(arrays(shape, -5, 5)))
+
+
+@settings(max_examples=N)
+@given(data=st.data(), shape=nonscalar_shapes, p=st.sampled_from([0.0, 0.1, 0.5, 0.9]), seed=st.integers(0, 99))
+def test_dropout(data, shape, p, seed):
+    x = data.draw(arrays(shape))
+    # the same seed gives the same mask in every evaluation of f
+    check_grad(lambda t: F.dropout(t, p, training=True, generator=np.random.default_rng(seed)), x)
+    out = F.dropout(tg.Tensor(x), p, training=True, generator=np.random.default_rng(seed)).data
+    kept = out != 0
+    np.testing.assert_allclose(out[kept], x[kept] / (1 - p), rtol=1e-12)
+    assert F.dropout(tg.Tensor(x), p, training=False).data is x  # eval: identity
+
+
+@settings(max_examples=N)
+@given(data=st.data(), V=st.integers(1, 6), C=st.integers(1, 4),
+       idx_shape=hnp.array_shapes(min_dims=1, max_dims=2, max_side=5))
+def test_embedding(data, V, C, idx_shape):
+    weight = data.draw(arrays((V, C)))
+    idx = data.draw(hnp.arrays(np.int64, idx_shape, elements=st.integers(0, V - 1)))
+    check_grad(lambda w: F.embedding(w, idx), weight)  # repeated ids must add up
+
+
+@settings(max_examples=N)
+@given(data=st.data(), B=st.integers(1, 2), nh=st.integers(1, 3), T=st.integers(1, 7),
+       extra=st.integers(0, 3), hs=st.integers(1, 9), causal=st.booleans())
+def test_scaled_dot_product_attention(data, B, nh, T, extra, hs, causal):
+    q = data.draw(arrays((B, nh, T, hs)))
+    k = data.draw(arrays((B, nh, T + extra, hs)))   # longer keys: a KV-cache step
+    v = data.draw(arrays((B, nh, T + extra, hs)))
+    check_grad(lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_, causal=causal), q, k, v)
+
+
+def test_attention_matches_naive_composition():
+    """The fused op equals the textbook composition built from Tensor ops."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 3, 5, 4)) for _ in range(3))
+    y = F.scaled_dot_product_attention(tg.Tensor(q), tg.Tensor(k), tg.Tensor(v)).data
+    att = q @ np.swapaxes(k, -1, -2) / 2.0
+    att = np.where(np.tril(np.ones((5, 5), bool)), att, -np.inf)
+    att = np.exp(att - att.max(-1, keepdims=True))
+    np.testing.assert_allclose(y, att / att.sum(-1, keepdims=True) @ v, rtol=1e-10, atol=1e-12)
+
+
+# ---- values the ops must get right, and inputs they must refuse -------------------------------------
+def test_softmax_extreme_logits_stay_finite():
+    x = tg.Tensor(np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], dtype=np.float32), requires_grad=True)
+    y = F.softmax(x)
+    loss = F.cross_entropy(x, np.array([1, 2]))
+    loss.backward()
+    assert np.isfinite(y.data).all() and np.isfinite(loss.data).all() and np.isfinite(x.grad).all()
+    np.testing.assert_allclose(y.data[1], [1 / 3] * 3, rtol=1e-6)
+
+
+def test_cross_entropy_all_ignored_is_zero_not_nan():
+    x = tg.Tensor(np.ones((3, 4)), requires_grad=True)
+    loss = F.cross_entropy(x, np.full(3, -100))
+    loss.backward()
+    assert loss.item() == 0.0 and not x.grad.any()
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda: F.cross_entropy(tg.Tensor(np.ones((2, 3))), np.array([0, 3])), ValueError, ["3"]),
+    (lambda: F.cross_entropy(tg.Tensor(np.ones((2, 3))), np.array([0.0, 1.0])), TypeError, ["float64"]),
+    (lambda: F.cross_entropy(tg.Tensor(np.ones((2, 3))), np.array([0, 1, 2])), ValueError, ["(2, 3)", "(3,)"]),
+    (lambda: F.embedding(tg.Tensor(np.ones((4, 2))), np.array([1, 4])), ValueError, ["4", "[0, 4)"]),
+    (lambda: F.embedding(tg.Tensor(np.ones((4, 2))), np.array([-1])), ValueError, ["-1"]),
+    (lambda: F.layer_norm(tg.Tensor(np.ones((2, 3))), tg.Tensor(np.ones(4))), ValueError, ["(4,)"]),
+    (lambda: F.dropout(tg.Tensor(np.ones(3)), 1.0), ValueError, ["1.0"]),
+    (lambda: F.softmax(tg.Tensor(np.arange(3))), TypeError, ["int64"]),
+    (lambda: F.scaled_dot_product_attention(*(tg.Tensor(np.ones((2, 3, 4))),) * 3), ValueError, ["(2, 3, 4)"]),
+])
+def test_bad_input(call, exc, words):
+    with pytest.raises(exc) as e:
+        call()
+    for w in words:
+        assert w in str(e.value)

@@ -1,0 +1,195 @@
+"""Fused, differentiable ops: the pieces of a transformer that are faster (and numerically safer)
+done in one piece than as a chain of Tensor ops.
+
+Each op takes and returns Tensors. Its forward and its hand-derived backward call the array
+kernels in `tinygpt.kernels` (numba or NumPy, chosen there), and the backward closure sits right
+under the forward, as in `tensor.py`. What this module leaves out: the graph machinery (tensor.py)
+and the kernels' inner loops (kernels/).
+"""
+import numpy as np
+
+from . import kernels
+from .tensor import Tensor
+
+_rng = np.random.default_rng()  # dropout's default generator; reseed with `manual_seed`
+
+
+def manual_seed(seed):
+    """Reseed the generator that dropout uses when it is given none."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+
+
+def _check_float(x, name):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} expects a Tensor, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{name} expects a float tensor, got dtype {x.dtype}")
+
+
+def softmax(x, axis=-1):
+    """softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x), along `axis`."""
+    _check_float(x, "softmax")
+    axis = axis % x.ndim
+    last = axis == x.ndim - 1
+    x_last = x.data if last else np.moveaxis(x.data, axis, -1)
+    y = kernels.softmax_forward(x_last)
+    out = x._result(y if last else np.moveaxis(y, -1, axis), (x,), "softmax")
+
+    def _backward():  # dx = y * (dy - sum(dy * y))
+        g = out.grad if last else np.moveaxis(out.grad, axis, -1)
+        dx = kernels.softmax_backward(y, g)
+        x._accumulate(dx if last else np.moveaxis(dx, -1, axis))
+    out._backward = _backward if out.requires_grad else None
+    return out
+
+
+def log_softmax(x, axis=-1):
+    """log softmax(x) = x - logsumexp(x), along `axis`, without ever forming exp(x) unshifted."""
+    _check_float(x, "log_softmax")
+    m = x.data.max(axis=axis, keepdims=True)
+    shifted = x.data - m
+    y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    out = x._result(y, (x,), "log_softmax")
+
+    def _backward():  # dx = dy - softmax(x) * sum(dy)
+        x._accumulate(out.grad - np.exp(y) * out.grad.sum(axis=axis, keepdims=True))
+    out._backward = _backward if out.requires_grad else None
+    return out
+
+
+def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
+    """Cross-entropy of (N, C) or (B, T, C) logits against integer targets of shape (N,) or (B, T).
+
+    loss_i = logsumexp(logits_i) - logits_i[target_i]; positions whose target is `ignore_index`
+    count for nothing. 'mean' averages over the counted positions (0.0 if there are none, rather
+    than NaN), 'sum' adds them, 'none' returns one loss per position (0 where ignored).
+    """
+    _check_float(logits, "cross_entropy")
+    targets = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy targets must be integers, got dtype {targets.dtype}")
+    if logits.ndim not in (2, 3) or targets.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy expects logits (N, C) or (B, T, C) and targets of the "
+                         f"leading shape; got logits {logits.shape} and targets {targets.shape}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    C = logits.shape[-1]
+    logits2 = logits.data.reshape(-1, C)  # (N, C)
+    targets1 = targets.reshape(-1)        # (N,)
+    losses, lse = kernels.cross_entropy_forward(logits2, targets1, ignore_index)
+    count = int(np.count_nonzero(targets1 != ignore_index))
+    if reduction == "none":
+        data = losses.reshape(targets.shape)
+    else:
+        total = losses.sum(dtype=losses.dtype)
+        data = total / max(count, 1) if reduction == "mean" else total
+    out = logits._result(np.asarray(data, dtype=logits.dtype), (logits,), "cross_entropy")
+
+    def _backward():  # dlogits_i = dloss_i * (softmax(logits_i) - onehot(target_i))
+        if reduction == "none":
+            dlosses = out.grad.reshape(-1)
+        else:
+            scale = out.grad / max(count, 1) if reduction == "mean" else out.grad
+            dlosses = np.full(targets1.shape, scale, dtype=logits.dtype)
+        dlogits = kernels.cross_entropy_backward(logits2, targets1, lse, dlosses, ignore_index)
+        logits._accumulate(dlogits.reshape(logits.shape))
+    out._backward = _backward if out.requires_grad else None
+    return out
+
+
+def layer_norm(x, weight, bias=None, eps=1e-5):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, over the last axis."""
+    _check_float(x, "layer_norm")
+    C = x.shape[-1]
+    if weight.shape != (C,) or (bias is not None and bias.shape != (C,)):
+        raise ValueError(f"layer_norm over {C} features needs weight and bias of shape ({C},), got "
+                         f"{weight.shape} and {None if bias is None else bias.shape}")
+    x2 = x.data.reshape(-1, C)  # (N, C)
+    b = bias.data if bias is not None else np.zeros(C, dtype=x.dtype)
+    y, mean, rstd = kernels.layer_norm_forward(x2, weight.data, b, eps)
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    out = x._result(y.reshape(x.shape), parents, "layer_norm")
+
+    def _backward():
+        # with xhat = (x - mean) * rstd:  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
+        # dxhat = dy * weight, dweight = sum(dy * xhat), dbias = sum(dy) over rows
+        dx, dweight, dbias = kernels.layer_norm_backward(out.grad.reshape(-1, C), x2, weight.data, mean, rstd)
+        x._accumulate(dx.reshape(x.shape))
+        weight._accumulate(dweight)
+        if bias is not None:
+            bias._accumulate(dbias)
+    out._backward = _backward if out.requires_grad else None
+    return out
+
+
+def gelu(x):
+    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    _check_float(x, "gelu")
+    out = x._result(kernels.gelu_forward(x.data), (x,), "gelu")
+
+    def _backward():
+        x._accumulate(kernels.gelu_backward(x.data, out.grad))
+    out._backward = _backward if out.requires_grad else None
+    return out
+
+
+def dropout(x, p=0.1, training=True, generator=None):
+    """Zero each element with probability p and scale the survivors by 1/(1-p) (inverted dropout),
+    so evaluation needs no rescaling. `generator` is an np.random.Generator (default: the module's,
+    see `manual_seed`)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return x
+    rng = generator if generator is not None else _rng
+    mask = (rng.random(x.shape, dtype=np.float32) >= p).astype(x.dtype) * (1.0 / (1.0 - p))
+    out = x._result(x.data * mask, (x,), "dropout")
+
+    def _backward():  # the same mask scales the gradient
+        x._accumulate(out.grad * mask)
+    out._backward = _backward if out.requires_grad else None
+    return out
+
+
+def embedding(weight, idx):
+    """Rows of `weight` (V, C) picked by integer ids `idx` of any shape -> idx.shape + (C,)."""
+    idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+    if idx.dtype.kind not in "iu":
+        raise ValueError(f"embedding ids must be integers, got dtype {idx.dtype}")
+    V = weight.shape[0]
+    if idx.size and (idx.min() < 0 or idx.max() >= V):
+        bad = idx.min() if idx.min() < 0 else idx.max()
+        raise ValueError(f"embedding id {bad} is out of range [0, {V})")
+    out = weight._result(weight.data[idx], (weight,), "embedding")
+
+    def _backward():  # a row used k times receives the sum of its k gradients
+        grad = np.zeros_like(weight.data)
+        np.add.at(grad, idx.reshape(-1), out.grad.reshape(-1, weight.shape[1]))
+        weight._accumulate(grad)
+    out._backward = _backward if out.requires_grad else None
+    return out
+
+
+def scaled_dot_product_attention(q, k, v, causal=True):
+    """softmax(q k^T / sqrt(hs), causal mask) v over (B, nh, T, hs) tensors.
+
+    The kernel keeps only the output and each row's log-sum-exp; the backward recomputes the
+    attention probabilities from them instead of storing a (T, T) matrix per head.
+    """
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        _check_float(t, "scaled_dot_product_attention")
+        if t.ndim != 4:
+            raise ValueError(f"scaled_dot_product_attention expects (B, nh, T, hs); {name} has shape {t.shape}")
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"attention shapes do not match: q {q.shape}, k {k.shape}, v {v.shape}")
+    y, lse = kernels.attention_forward(q.data, k.data, v.data, causal)
+    out = q._result(y, (q, k, v), "attention")
+
+    def _backward():
+        dq, dk, dv = kernels.attention_backward(q.data, k.data, v.data, y, lse, out.grad, causal)
+        q._accumulate(dq)
+        k._accumulate(dk)
+        v._accumulate(dv)
+    out._backward = _backward if out.requires_grad else None
+    return out

@@ -1,0 +1,76 @@
+"""The one place that chooses which kernels the ops run on.
+
+Two sets of kernels share the same names and signatures:
+
+- `reference.py`: plain NumPy. It is the specification: short, obviously right, and the thing
+  every numba kernel is tested against.
+- `jit.py`: numba-jitted versions of the same functions, for speed.
+
+`TINYGPT_KERNELS=numba|numpy` picks the set (default numba). If numba cannot be imported, or a
+numba kernel fails to compile, we fall back to NumPy with a single warning instead of crashing.
+
+subtle: nothing is imported or compiled here at `import tinygpt` time. The set is resolved on the
+first kernel call (module `__getattr__`, PEP 562), so importing tinygpt stays fast and numba's
+compile (or cache load) is paid only by programs that actually run a kernel.
+
+The contract (all arrays are NumPy arrays; float32 in training, float64 accepted for checks):
+
+    matmul(a, b, out=None) -> c                                  (M,K)@(K,N) or (B,M,K)@(B,K,N)
+    attention_forward(q, k, v, causal=True) -> (out, lse)        q:(B,nh,Tq,hs) k,v:(B,nh,Tk,hs)
+    attention_backward(q, k, v, out, lse, dout, causal=True) -> (dq, dk, dv)
+    softmax_forward(x, scale=1.0, causal=False) -> y             over the last axis
+    softmax_backward(y, dy, scale=1.0) -> dx
+    layer_norm_forward(x, weight, bias, eps=1e-5) -> (y, mean, rstd)      x:(N,C) mean,rstd:(N,)
+    layer_norm_backward(dy, x, weight, mean, rstd) -> (dx, dweight, dbias)
+    gelu_forward(x) -> y                                         GPT-2's tanh approximation
+    gelu_backward(x, dy) -> dx
+    cross_entropy_forward(logits, targets, ignore_index=-100) -> (losses, lse)   logits:(N,C)
+    cross_entropy_backward(logits, targets, lse, dlosses, ignore_index=-100) -> dlogits
+    adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None  (in place)
+
+Attention scale is 1/sqrt(hs). With `causal`, query i may see key j when j <= i + (Tk - Tq)
+(bottom-right alignment, so a KV-cache step with Tq=1 sees every cached key).
+"""
+import os
+import warnings
+
+NAMES = (
+    "matmul",
+    "attention_forward", "attention_backward",
+    "softmax_forward", "softmax_backward",
+    "layer_norm_forward", "layer_norm_backward",
+    "gelu_forward", "gelu_backward",
+    "cross_entropy_forward", "cross_entropy_backward",
+    "adamw_step",
+)
+
+backend = None  # "numba" or "numpy", set on first use (or by `use`)
+
+
+def use(name):
+    """Choose the kernel set: 'numba' or 'numpy'. Returns the name actually in use."""
+    global backend
+    if name not in ("numba", "numpy"):
+        raise ValueError(f"unknown kernel set {name!r}: expected 'numba' or 'numpy'")
+    module = None
+    if name == "numba":
+        try:
+            from . import jit as module
+        except Exception as e:  # numba missing or broken: fall back, once, loudly
+            warnings.warn(f"numba kernels unavailable ({e!r}); falling back to NumPy", RuntimeWarning)
+            name = "numpy"
+    if module is None:
+        from . import reference as module
+    g = globals()
+    for fn in NAMES:
+        g[fn] = getattr(module, fn)
+    backend = name
+    return name
+
+
+def __getattr__(attr):
+    # first access to a kernel name resolves the set from the environment
+    if attr in NAMES:
+        use(os.environ.get("TINYGPT_KERNELS", "numba").strip().lower() or "numba")
+        return globals()[attr]
+    raise AttributeError(f"module 'tinygpt.kernels' has no attribute {attr!r}")
