@@ -1,0 +1,144 @@
+"""Numba kernels for BPE encoding: the merge loop over many chunks in one call.
+
+This module owns the fast path of `BPETokenizer`: a pair -> rank hash table held in two NumPy
+arrays, and a kernel that byte-pair-encodes a whole batch of chunks. The readable specification
+is `BPETokenizer._bpe_python` in `tokenizer.py`; the tests check that the two agree.
+
+What it leaves out: splitting text into chunks, caching, special tokens (all in `tokenizer.py`).
+
+subtle: this module imports numba at the top, so `tokenizer.py` imports it lazily, on the first
+batch big enough to pay for it. `import tinygpt` never compiles anything.
+"""
+from itertools import chain
+
+import numpy as np
+from numba import njit
+
+_EMPTY = -1                         # key of a free slot in the hash table
+_NO_MERGE = np.iinfo(np.int32).max  # the "rank" of a pair that is not in the table
+_SHIFT = 31                         # pair key = left << 31 | right; ids are below 2**31
+
+
+@njit(cache=True, inline="always")
+def _slot(keys, key):
+    """Index of `key` in the open-addressing table `keys`, or of the free slot where it would go."""
+    mask = keys.size - 1
+    # multiplicative hashing; the constant is odd and below 2**63 so int64 arithmetic just wraps
+    h = ((key * 0x2545F4914F6CDD1D) >> 29) & mask
+    while keys[h] != _EMPTY and keys[h] != key:
+        h = (h + 1) & mask         # linear probing
+    return h
+
+
+@njit(cache=True)
+def build_pair_table(left, right, ranks):
+    """Hash table (keys, vals) mapping the pair (left[i], right[i]) to ranks[i].
+
+    A pair is stored as the single int64 key `left << 31 | right`. The table is at least twice
+    as large as the number of pairs, so probes stay short.
+
+    Example:
+        keys, vals = build_pair_table(np.array([104]), np.array([105]), np.array([0]))
+        lookup(keys, vals, 104, 105) -> 0             # "h" + "i" is the first merge
+    """
+    size = 16
+    while size < 2 * left.size:
+        size *= 2
+    keys = np.full(size, _EMPTY, dtype=np.int64)
+    vals = np.zeros(size, dtype=np.int32)
+    for i in range(left.size):
+        key = np.int64(left[i]) << _SHIFT | right[i]
+        h = _slot(keys, key)
+        keys[h] = key
+        vals[h] = ranks[i]
+    return keys, vals
+
+
+@njit(cache=True, inline="always")
+def lookup(keys, vals, left, right):
+    """Rank stored for the pair (left, right), or _NO_MERGE if the pair does not merge."""
+    key = np.int64(left) << _SHIFT | right
+    h = _slot(keys, key)
+    return vals[h] if keys[h] == key else _NO_MERGE
+
+
+@njit(cache=True)
+def _bpe_one(parts, n, keys, vals, rank_ids):
+    """Merge `parts[:n]` in place, tiktoken's way; return the new length.
+
+    Each round merges the adjacent pair of lowest rank, the leftmost one on ties. `pair_rank[i]`
+    caches the rank of (parts[i], parts[i+1]); a merge only changes the ranks of its two neighbours.
+    """
+    pair_rank = np.empty(max(n - 1, 0), dtype=np.int32)
+    for i in range(n - 1):
+        pair_rank[i] = lookup(keys, vals, parts[i], parts[i + 1])
+    while n > 1:
+        best = 0
+        for i in range(1, n - 1):  # strict < keeps the leftmost of equal ranks
+            if pair_rank[i] < pair_rank[best]:
+                best = i
+        if pair_rank[best] == _NO_MERGE:
+            break
+        parts[best] = rank_ids[pair_rank[best]]
+        for i in range(best + 1, n - 1):  # close the gap left by parts[best + 1]
+            parts[i] = parts[i + 1]
+        for i in range(best + 1, n - 2):
+            pair_rank[i] = pair_rank[i + 1]
+        n -= 1
+        if best > 0:
+            pair_rank[best - 1] = lookup(keys, vals, parts[best - 1], parts[best])
+        if best < n - 1:
+            pair_rank[best] = lookup(keys, vals, parts[best], parts[best + 1])
+    return n
+
+
+@njit(cache=True)
+def encode_chunks(data, offsets, byte_ids, keys, vals, rank_ids):
+    """Byte-pair-encode every chunk data[offsets[c]:offsets[c+1]] of a batch.
+
+    Returns (ids, out_offsets): the tokens of chunk c are ids[out_offsets[c]:out_offsets[c+1]].
+    A chunk never has more tokens than bytes, so `ids` is allocated once at len(data).
+
+    Example (a tokenizer whose only merge is "h" + "i" -> 256):
+        encode_chunks(np.frombuffer(b"hihi!", np.uint8), np.array([0, 2, 5]), ...)
+        -> ids [256, 256, 33], out_offsets [0, 1, 3]      # "hi" | "hi" "!"
+    """
+    n_chunks = offsets.size - 1
+    ids = np.empty(data.size, dtype=np.int32)
+    out_offsets = np.zeros(n_chunks + 1, dtype=np.int64)
+    pos = 0
+    for c in range(n_chunks):
+        start = offsets[c]
+        n = offsets[c + 1] - start
+        parts = ids[pos:pos + n]  # a view: the chunk is merged right where its output goes
+        for i in range(n):
+            parts[i] = byte_ids[data[start + i]]
+        pos += _bpe_one(parts, n, keys, vals, rank_ids)
+        out_offsets[c + 1] = pos
+    return ids, out_offsets
+
+
+def make_tables(byte_ids, pair_ranks, rank_ids):
+    """The arrays `encode_chunks` needs, from a tokenizer's Python tables.
+
+    byte_ids: byte value -> id; pair_ranks: {(left, right): rank}; rank_ids: rank -> merged id.
+    """
+    n = len(pair_ranks)
+    pairs = np.fromiter(chain.from_iterable(pair_ranks), dtype=np.int64, count=2 * n)
+    ranks = np.fromiter(pair_ranks.values(), dtype=np.int32, count=n)
+    keys, vals = build_pair_table(pairs[0::2], pairs[1::2], ranks)  # lefts, rights
+    return (np.array(byte_ids, dtype=np.int32), keys, vals, np.array(rank_ids, dtype=np.int32))
+
+
+def encode_batch(datas, tables):
+    """Token ids (a tuple per chunk) of the byte strings `datas`, in one call of the kernel.
+
+    Example (GPT-2's tables):
+        encode_batch([b" tokenizer", b"!!"], tables) -> [(11241, 7509), (3228,)]
+    """
+    lengths = np.fromiter(map(len, datas), dtype=np.int64, count=len(datas))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    data = np.frombuffer(b"".join(datas), dtype=np.uint8)
+    ids, out_offsets = encode_chunks(data, offsets, *tables)
+    ids, out_offsets = ids.tolist(), out_offsets.tolist()
+    return [tuple(ids[out_offsets[c]:out_offsets[c + 1]]) for c in range(len(datas))]

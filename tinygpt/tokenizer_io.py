@@ -1,0 +1,282 @@
+"""Tokenizer files: tinygpt's own two formats, and GPT-2's published encoder.json + vocab.bpe.
+
+This module turns files into plain data (strings, ints, dicts) and back; it knows nothing of the
+tokenizer classes, which live in `tokenizer.py` and call these functions from save/load.
+
+tinygpt's formats are UTF-8 text, one record a line, every count stated up front so that a
+truncated file is caught. A BPE file (ids are ints; `"..."` is a JSON string):
+
+    tinygpt-bpe 1
+    pattern "'(?:[sdmt]|ll|ve|re)| ?\\p{L}+|..."    the regex pre-split pattern
+    specials 1
+    50256 "<|endoftext|>"                            id and text of each special token
+    bytes 0 1 2 ... 255                              the id of each byte value
+    merges 3840
+    101 32 256 "e "                                  id0 id1 new_id, in merge order; the last
+    ...                                              field is the new token's text, checked on load
+
+A char file is `tinygpt-char 1`, `chars <n>`, then one JSON string per character, in id order.
+Every parse error is a ValueError that starts with `path:line:`.
+"""
+import json
+import os
+import tempfile
+
+CHAR_VERSION = "tinygpt-char 1"
+BPE_VERSION = "tinygpt-bpe 1"
+MAX_ID = 2**31 - 1  # ids are int32 in the numba kernel
+
+
+def write_atomic(path, text):
+    """Write `text` to `path` so that readers see the old file or the new one, never half of one.
+
+    The text goes to a temporary file in the same directory (same filesystem), is flushed to
+    disk, then `os.replace` swaps it in: a rename is atomic on POSIX and Windows.
+    """
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-tok-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def read_lines(path, version=None):
+    """The lines of a text file, without their newlines; anything not UTF-8 raises ValueError.
+
+    With `version`, the first line must be exactly that: checked before anything else, so a
+    foreign file is named as such. subtle: every line must end with "\\n", so a file cut in the
+    middle of a line is caught here.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    if version is not None and lines[0] != version.encode():
+        raise ValueError(f"{path}:1: not a {version!r} file, the first line is {lines[0][:40]!r}")
+    if lines[-1] != b"":
+        raise ValueError(f"{path}:{len(lines)}: truncated file (last line has no newline)")
+    out = []
+    for n, line in enumerate(lines[:-1], start=1):
+        try:
+            out.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}:{n}: not UTF-8 text: {line[:40]!r}") from None
+    return out
+
+
+def read_version(path):
+    """The first line of a file, as bytes, without reading the rest."""
+    with open(path, "rb") as f:
+        return f.readline().rstrip(b"\n")
+
+
+def bytes_to_unicode():
+    """GPT-2's byte -> printable character table, used to write bytes in encoder.json/vocab.bpe.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes are moved to chr(256 + n),
+    in byte order, so that no token string contains whitespace or control characters.
+
+    Example:
+        bytes_to_unicode()[ord("A")] -> "A";  bytes_to_unicode()[ord(" ")] -> "Ġ"  (chr(288))
+    """
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) \
+        | set(range(ord("®"), ord("ÿ") + 1))
+    table, moved = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + moved)
+            moved += 1
+    return table
+
+
+def render_token(t):
+    """A token's bytes as one readable JSON string; invalid UTF-8 shows as a \\xNN escape.
+
+    Example:
+        render_token(b"hi\\n") -> '"hi\\\\n"'   render_token(b"\\xe2") -> '"\\\\xe2"'
+    """
+    return json.dumps(t.decode("utf-8", errors="backslashreplace"), ensure_ascii=False)
+
+
+def _int(field, path, lineno, what):
+    """`field` as a non-negative int no larger than MAX_ID, or a ValueError naming the line."""
+    if not (field.isascii() and field.isdigit()) or int(field) > MAX_ID:
+        raise ValueError(f"{path}:{lineno}: {what} must be an integer in [0, {MAX_ID}], "
+                         f"got {field[:40]!r}")
+    return int(field)
+
+
+def _json_str(field, path, lineno, what):
+    try:
+        value = json.loads(field)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, str):
+        raise ValueError(f"{path}:{lineno}: {what} must be a JSON string, got {field[:40]!r}")
+    return value
+
+
+def _header(lines, i, key, path):
+    """The count in line i, which must read `<key> <count>`."""
+    parts = lines[i].split(" ") if i < len(lines) else []
+    if len(parts) != 2 or parts[0] != key:
+        got = lines[i][:40] if i < len(lines) else "end of file"
+        raise ValueError(f"{path}:{i + 1}: expected '{key} <count>', got {got!r}")
+    return _int(parts[1], path, i + 1, f"the {key} count")
+
+
+# -----------------------------------------------------------------------------------------------
+# tinygpt's formats
+
+def format_chars(chars):
+    lines = [CHAR_VERSION, f"chars {len(chars)}"] + [json.dumps(c) for c in chars]
+    return "\n".join(lines) + "\n"
+
+
+def parse_chars(path):
+    """The characters of a saved CharTokenizer, in id order (sorted, unique, checked)."""
+    lines = read_lines(path, CHAR_VERSION)
+    n = _header(lines, 1, "chars", path)
+    if len(lines) != n + 2:
+        raise ValueError(f"{path}:{min(len(lines), n + 2) + 1}: expected {n} characters after "
+                         f"line 2, found {len(lines) - 2} (truncated or extended file)")
+    chars = []
+    for lineno, line in enumerate(lines[2:], start=3):
+        c = _json_str(line, path, lineno, "a character")
+        if len(c) != 1:
+            raise ValueError(f"{path}:{lineno}: expected one character, got {c[:40]!r}")
+        if chars and c <= chars[-1]:
+            raise ValueError(f"{path}:{lineno}: characters must be sorted and unique, "
+                             f"{c!r} follows {chars[-1]!r}")
+        chars.append(c)
+    if not chars:
+        raise ValueError(f"{path}:2: a char tokenizer needs at least one character")
+    return chars
+
+
+def format_bpe(pattern, special_tokens, byte_ids, merges, vocab):
+    lines = [BPE_VERSION, f"pattern {json.dumps(pattern)}", f"specials {len(special_tokens)}"]
+    lines += [f"{i} {json.dumps(s)}" for s, i in special_tokens.items()]
+    lines.append("bytes " + " ".join(map(str, byte_ids)))
+    lines.append(f"merges {len(merges)}")
+    lines += [f"{a} {b} {i} {render_token(vocab[i])}" for (a, b), i in merges.items()]
+    return "\n".join(lines) + "\n"
+
+
+def parse_bpe(path):
+    """(pattern, special_tokens, byte_ids, merges) of a saved BPETokenizer, fully validated.
+
+    Checks, each with its line number: the version line; a JSON pattern; specials with distinct
+    ids; 256 distinct byte ids; each merge names ids defined above it, creates a new id, and its
+    text matches the bytes it builds; nothing after the last merge.
+    """
+    lines = read_lines(path, BPE_VERSION)
+    if len(lines) < 2 or not lines[1].startswith("pattern "):
+        raise ValueError(f"{path}:2: expected 'pattern <json string>'")
+    pattern = _json_str(lines[1][len("pattern "):], path, 2, "the pattern")
+    n_special = _header(lines, 2, "specials", path)
+    special_tokens, special_lines = {}, {}
+    for i in range(3, 3 + n_special):
+        fields = lines[i].split(" ", 1) if i < len(lines) else []
+        if len(fields) != 2:
+            raise ValueError(f"{path}:{i + 1}: expected '<id> <json string>' for a special token")
+        idx = _int(fields[0], path, i + 1, "a special token id")
+        s = _json_str(fields[1], path, i + 1, "a special token")
+        if s in special_tokens or idx in special_tokens.values():
+            raise ValueError(f"{path}:{i + 1}: special token {s!r} or id {idx} repeats")
+        special_tokens[s], special_lines[idx] = idx, i + 1
+    i = 3 + n_special
+    fields = lines[i].split(" ") if i < len(lines) else []
+    if len(fields) != 257 or fields[0] != "bytes":
+        raise ValueError(f"{path}:{i + 1}: expected 'bytes' and 256 ids")
+    byte_ids = [_int(f, path, i + 1, "a byte id") for f in fields[1:]]
+    vocab = {idx: bytes([b]) for b, idx in enumerate(byte_ids)}  # id -> bytes
+    if len(vocab) < 256:
+        raise ValueError(f"{path}:{i + 1}: the 256 byte ids must be distinct")
+    n_merges = _header(lines, i + 1, "merges", path)
+    first = i + 2
+    if len(lines) != first + n_merges:
+        raise ValueError(f"{path}:{min(len(lines), first + n_merges) + 1}: expected {n_merges} "
+                         f"merges from line {first + 1}, found {len(lines) - first} lines "
+                         f"(truncated or extended file)")
+    merges = {}
+    for lineno, line in enumerate(lines[first:], start=first + 1):
+        fields = line.split(" ", 3)
+        if len(fields) != 4:
+            raise ValueError(f"{path}:{lineno}: expected '<id0> <id1> <new id> <json text>', "
+                             f"got {line[:40]!r}")
+        a, b, idx = (_int(f, path, lineno, "a merge id") for f in fields[:3])
+        if a not in vocab or b not in vocab:
+            raise ValueError(f"{path}:{lineno}: merge ({a}, {b}) uses an id not defined above")
+        if idx in vocab or (a, b) in merges:
+            raise ValueError(f"{path}:{lineno}: merge ({a}, {b}) -> {idx} repeats an id or pair")
+        vocab[idx] = vocab[a] + vocab[b]
+        if render_token(vocab[idx]) != fields[3]:
+            raise ValueError(f"{path}:{lineno}: text {fields[3][:40]} does not match the merged "
+                             f"bytes {render_token(vocab[idx])}")
+        merges[(a, b)] = idx
+    for idx, lineno in special_lines.items():
+        if idx in vocab:
+            raise ValueError(f"{path}:{lineno}: special token id {idx} is also a regular token id")
+    return pattern, special_tokens, byte_ids, merges
+
+
+# -----------------------------------------------------------------------------------------------
+# GPT-2's files
+
+def gpt2_paths():
+    """$TINYGPT_DATA_DIR/gpt2/{encoder.json, vocab.bpe}, with a clear error if not there."""
+    data_dir = os.environ.get("TINYGPT_DATA_DIR")
+    if not data_dir:
+        raise ValueError("from_gpt2() without paths needs TINYGPT_DATA_DIR set to the shared data "
+                         "directory (holding gpt2/encoder.json and gpt2/vocab.bpe), or pass "
+                         "from_gpt2(encoder_json, vocab_bpe)")
+    paths = [os.path.join(data_dir, "gpt2", name) for name in ("encoder.json", "vocab.bpe")]
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{p} not found: set TINYGPT_DATA_DIR to the directory that "
+                                    f"holds gpt2/encoder.json and gpt2/vocab.bpe, or pass paths")
+    return paths
+
+
+def parse_gpt2(encoder_json, vocab_bpe):
+    """(special_tokens, byte_ids, merges) from GPT-2's encoder.json and vocab.bpe.
+
+    encoder.json maps token strings (bytes written with `bytes_to_unicode`) to ids; vocab.bpe
+    lists the merges, rank = line order. subtle: the merged token's id is looked up in
+    encoder.json, never assumed to be 256 + rank; byte tokens have ids 0..255 but not in byte order.
+    """
+    with open(encoder_json, encoding="utf-8") as f:
+        try:
+            encoder = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{encoder_json}:{e.lineno}: not valid JSON: {e.msg}") from None
+    if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
+        raise ValueError(f"{encoder_json}:1: expected a JSON object of token string -> id")
+    byte_char = bytes_to_unicode()
+    if any(c not in encoder for c in byte_char.values()):
+        raise ValueError(f"{encoder_json}:1: some of the 256 byte tokens are missing")
+    byte_ids = [encoder[byte_char[b]] for b in range(256)]
+    lines = read_lines(vocab_bpe)
+    if not lines or not lines[0].startswith("#version"):
+        raise ValueError(f"{vocab_bpe}:1: expected a '#version' header")
+    merges = {}
+    for lineno, line in enumerate(lines[1:], start=2):
+        fields = line.split(" ")
+        if len(fields) != 2 or fields[0] not in encoder or fields[1] not in encoder \
+                or fields[0] + fields[1] not in encoder:
+            raise ValueError(f"{vocab_bpe}:{lineno}: expected two tokens of encoder.json whose "
+                             f"concatenation is one too, got {line[:40]!r}")
+        merges[(encoder[fields[0]], encoder[fields[1]])] = encoder[fields[0] + fields[1]]
+    special_tokens = {"<|endoftext|>": encoder.get("<|endoftext|>", 50256)}
+    if len(encoder) != 256 + len(merges) + (1 if "<|endoftext|>" in encoder else 0):
+        raise ValueError(f"{encoder_json}:1: {len(encoder)} tokens, but 256 bytes and "
+                         f"{len(merges)} merges in {vocab_bpe} account for {256 + len(merges)}")
+    return special_tokens, byte_ids, merges
