@@ -1,0 +1,419 @@
+"""GPT-2, the model: a stack of pre-LayerNorm transformer blocks over token + position embeddings.
+
+Read top to bottom: `GPTConfig` (the sizes), `KVCache` (generation's memory of past keys and
+values), the model from its parts up (`CausalSelfAttention`, `MLP`, `Block`, `Transformer`),
+`sample_next` (picking a token from logits), and `GPT`: forward, generation, and Hugging Face
+checkpoint files. Names
+are GPT-2's own (`wte`, `wpe`, `h`, `ln_1`, `attn.c_attn`, `c_proj`, `mlp.c_fc`, `ln_f`), so
+parameter names equal Hugging Face `GPT2LMHeadModel`'s and checkpoints map one to one
+(`GPT.from_pretrained`, `GPT.save_pretrained`).
+
+Choices that differ from nanoGPT, on purpose:
+- No dropout on the attention probabilities: the fused attention kernel never forms them. There is
+  dropout on the embeddings and on each residual branch, as in GPT-2.
+- `forward(idx)` without targets returns logits for every position, not only the last one;
+  `generate` takes what it needs.
+- The output head is tied to the token embedding: logits = x @ wte.weight^T. There is no separate
+  `lm_head` parameter; `lm_head.weight` in a Hugging Face file must equal `transformer.wte.weight`.
+
+What it leaves out: training loops (train.py), the optimizer (optim.py), tokenization.
+"""
+import json
+import math
+import os
+import pathlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from . import functional as F
+from .nn import Dropout, Embedding, LayerNorm, Linear, Module
+from .tensor import Tensor, no_grad
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257  # GPT-2's BPE vocabulary
+    block_size: int = 1024   # longest context, in tokens
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True        # biases in Linear and LayerNorm (False: nanoGPT's faster option)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+
+class KVCache:
+    """One layer's keys and values for the positions seen so far, so that generating a token runs
+    the model over that one position only. Buffers are allocated once, for block_size positions,
+    and filled in place: no concatenation per step."""
+
+    def __init__(self, batch_size, n_head, block_size, head_size, dtype=np.float32):
+        self.k = np.zeros((batch_size, n_head, block_size, head_size), dtype=dtype)  # (B, nh, block_size, hs)
+        self.v = np.zeros_like(self.k)
+        self.length = 0  # positions filled
+
+    def append(self, k, v):
+        """Store k, v (B, nh, T, hs) after the cached positions; return keys and values of every
+        position so far, (B, nh, length, hs), as views of the buffers."""
+        start, end = self.length, self.length + k.shape[2]
+        self.k[:, :, start:end] = k.data
+        self.v[:, :, start:end] = v.data
+        self.length = end
+        return Tensor(self.k[:, :, :end]), Tensor(self.v[:, :, :end])
+
+
+class CausalSelfAttention(Module):
+    """Multi-head self-attention in which each position sees only itself and earlier positions."""
+
+    def __init__(self, config, dtype=np.float32, rng=None):
+        C = config.n_embd
+        self.c_attn = Linear(C, 3 * C, bias=config.bias, dtype=dtype, rng=rng)  # q, k, v in one product
+        self.c_proj = Linear(C, C, bias=config.bias, dtype=dtype, rng=rng)
+        self.resid_dropout = Dropout(config.dropout)
+        self.n_head = config.n_head
+
+    def forward(self, x, kv_cache=None):
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        # split q, k, v and the heads with views, not copies: c_attn's output columns are laid out
+        # as [q | k | v], each C = nh * hs wide
+        qkv = self.c_attn(x).reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        q, k, v = qkv[0], qkv[1], qkv[2]                                         # (B, nh, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)  # (B, nh, T_past + T, hs)
+        # softmax(q k^T / sqrt(hs)) v with a causal mask; with a cache, query i is position
+        # T_past + i, and the kernel's bottom-right causal alignment lets it see keys 0..T_past+i
+        y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, nh, T, hs)
+        y = y.permute(0, 2, 1, 3).reshape(B, T, C)                # (B, T, C): heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(Module):
+    """The position-wise feed-forward network: expand 4x, GELU, project back."""
+
+    def __init__(self, config, dtype=np.float32, rng=None):
+        C = config.n_embd
+        self.c_fc = Linear(C, 4 * C, bias=config.bias, dtype=dtype, rng=rng)
+        self.c_proj = Linear(4 * C, C, bias=config.bias, dtype=dtype, rng=rng)
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(Module):
+    """A transformer block, pre-LayerNorm: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config, dtype=np.float32, rng=None):
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias, dtype=dtype)
+        self.attn = CausalSelfAttention(config, dtype, rng)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias, dtype=dtype)
+        self.mlp = MLP(config, dtype, rng)
+
+    def forward(self, x, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(Module):
+    """The container that gives GPT-2's names their `transformer.` prefix; GPT.forward runs it."""
+
+    def __init__(self, config, dtype=np.float32, rng=None):
+        self.wte = Embedding(config.vocab_size, config.n_embd, dtype, rng)  # token embeddings
+        self.wpe = Embedding(config.block_size, config.n_embd, dtype, rng)  # position embeddings
+        self.drop = Dropout(config.dropout)
+        self.h = [Block(config, dtype, rng) for _ in range(config.n_layer)]
+        self.ln_f = LayerNorm(config.n_embd, bias=config.bias, dtype=dtype)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
+    """Pick the next token of each row of `logits` (B, V) -> (B,) int64 ids.
+
+    temperature 0 is greedy (argmax). Otherwise the probabilities are softmax(logits / temperature),
+    cut to the top_k most likely tokens and/or to the smallest set of most likely tokens whose
+    probabilities add up to at least top_p (nucleus sampling), then renormalised.
+    """
+    if temperature == 0:
+        return logits.argmax(axis=-1).astype(np.int64)
+    rng = np.random.default_rng(rng)
+    V = logits.shape[-1]
+    # float64: only (B, V) per step, and the cumulative sums below stay exact enough to reach 1
+    logits = logits.astype(np.float64) / temperature
+    if top_k is not None and top_k < V:
+        kth = np.partition(logits, -top_k, axis=-1)[:, [-top_k]]  # (B, 1): the k-th largest logit
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-probs, axis=-1)                       # most likely first
+        sorted_probs = np.take_along_axis(probs, order, axis=-1)
+        # keep a token while the more likely ones add up to less than top_p: the first is always kept
+        keep_sorted = np.cumsum(sorted_probs, axis=-1) - sorted_probs < top_p
+        keep = np.empty_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        probs = np.where(keep, probs, 0.0)
+    # inverse-CDF sampling of every row at once: the first token whose cumulative probability
+    # passes u ~ U[0, total); tokens of probability 0 can never be picked
+    cdf = np.cumsum(probs, axis=-1)
+    u = rng.random((len(cdf), 1)) * cdf[:, -1:]
+    return np.minimum((cdf <= u).sum(axis=-1), V - 1).astype(np.int64)
+
+
+class GPT(Module):
+    """The language model: token ids (B, T) -> next-token logits (B, T, vocab_size)."""
+
+    def __init__(self, config, seed=None, dtype=np.float32):
+        """`seed` (an int or an np.random.Generator) makes the initial weights, and the dropout
+        masks, reproducible. `dtype=np.float64` builds a float64 model for gradient checks."""
+        self.config = config
+        rng = np.random.default_rng(seed)
+        self.transformer = Transformer(config, dtype, rng)
+        # GPT-2's init: each block adds two residual projections (attn.c_proj, mlp.c_proj) to the
+        # residual stream; std 0.02 / sqrt(2 n_layer) keeps its variance from growing with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                p.data *= 1.0 / math.sqrt(2 * config.n_layer)
+        if seed is not None:
+            dropout_rng = np.random.default_rng(rng.integers(2**63))
+            for _, m in self.named_modules():
+                if isinstance(m, Dropout):
+                    m.generator = dropout_rng
+
+    # ---- the forward pass ------------------------------------------------------------------------
+    def forward(self, idx, targets=None, kv_cache=None):
+        """idx (B, T) int token ids -> (logits (B, T, vocab_size), loss).
+
+        loss is the mean cross-entropy against `targets` (B, T) (entries equal to -100 are
+        ignored), or None without targets. `kv_cache` (from `new_kv_cache`) continues a sequence:
+        idx then holds the positions after the cached ones, and the cache is extended. It is for
+        inference: the cache stores plain arrays, so no gradient flows into earlier positions.
+        """
+        x = self._hidden(idx, kv_cache)  # (B, T, C)
+        logits = self._logits(x)         # (B, T, V)
+        loss = None
+        if targets is not None:
+            targets = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+            if targets.shape != logits.shape[:2] or targets.dtype.kind not in "iu":
+                raise ValueError(f"targets must be integers of shape {logits.shape[:2]} like idx, "
+                                 f"got {targets.dtype} of shape {targets.shape}")
+            loss = F.cross_entropy(logits, targets, ignore_index=-100)
+        return logits, loss
+
+    def _hidden(self, idx, kv_cache=None):
+        """The final hidden states (B, T, C), after ln_f."""
+        past = 0 if kv_cache is None else kv_cache[0].length
+        idx = self._check_idx(idx, self.config.block_size - past)
+        tr = self.transformer
+        pos = np.arange(past, past + idx.shape[1])     # (T,): positions continue after the cache
+        x = tr.drop(tr.wte(idx) + tr.wpe(pos))         # (B, T, C) + (T, C)
+        for i, block in enumerate(tr.h):
+            x = block(x, None if kv_cache is None else kv_cache[i])
+        return tr.ln_f(x)
+
+    def _logits(self, x):
+        """The output head, tied to the token embedding: x (B, T, C) @ wte^T (C, V) -> (B, T, V)."""
+        B, T, C = x.shape
+        logits = x.reshape(B * T, C) @ self.transformer.wte.weight.T  # (B*T, V): one BLAS call
+        return logits.reshape(B, T, -1)                               # (B, T, V)
+
+    def _check_idx(self, idx, max_len):
+        """Token ids as an integer (B, T) array, 0 < T <= max_len, each in [0, vocab_size)."""
+        idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+        if idx.dtype.kind not in "iu":
+            raise ValueError(f"token ids must be integers, got dtype {idx.dtype}")
+        if idx.ndim != 2 or idx.size == 0:
+            raise ValueError(f"token ids must be a non-empty (batch, time) array, got shape {idx.shape}")
+        if idx.shape[1] > max_len:
+            raise ValueError(f"sequence of length {idx.shape[1]} is longer than the {max_len} positions "
+                             f"left (block_size {self.config.block_size})")
+        V = self.config.vocab_size
+        lo, hi = idx.min(), idx.max()
+        if lo < 0 or hi >= V:
+            raise ValueError(f"token id {lo if lo < 0 else hi} is out of range [0, {V}) (vocab_size {V})")
+        return idx
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------
+    def num_params(self, non_embedding=True):
+        """Number of parameters. The position embeddings are left out by default (they do no
+        compute); the token embeddings are counted, since they are also the output head."""
+        n = sum(p.size for p in self.parameters())
+        return n - self.transformer.wpe.weight.size if non_embedding else n
+
+    def crop_block_size(self, block_size):
+        """Shrink the context to `block_size` positions, e.g. to fine-tune a 1024-context
+        checkpoint on shorter sequences. subtle: this replaces wpe's array, so call it before
+        creating the optimizer, which keeps views into the parameters' arrays."""
+        if not 0 < block_size <= self.config.block_size:
+            raise ValueError(f"block_size must be in [1, {self.config.block_size}], got {block_size}")
+        self.config = replace(self.config, block_size=block_size)
+        wpe = self.transformer.wpe.weight
+        wpe.data, wpe.grad = wpe.data[:block_size].copy(), None
+
+    # ---- generation ------------------------------------------------------------------------------------
+    def new_kv_cache(self, batch_size):
+        """An empty cache, one KVCache per block, for `forward(..., kv_cache=...)`."""
+        c = self.config
+        dtype = self.transformer.wte.weight.dtype
+        return [KVCache(batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, dtype)
+                for _ in range(c.n_layer)]
+
+    def _next_logits(self, idx, kv_cache):
+        """Logits (B, V) for the token after idx (which continues kv_cache), in eval mode and
+        without a graph; the modules' training flags are restored afterwards."""
+        modes = [(m, m.training) for _, m in self.named_modules()]
+        self.eval()
+        try:
+            with no_grad():
+                x = self._hidden(idx, kv_cache)              # (B, T, C)
+                return self._logits(x[:, -1:]).data[:, -1]   # (B, V): the head on the last position only
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None):
+        """Continue each row of idx (B, T) by max_new_tokens tokens, yielding one (B,) array of
+        token ids per step. Prompts longer than block_size are cropped to their last block_size
+        tokens. See `sample_next` for temperature, top_k and top_p; `seed` makes sampling
+        reproducible.
+
+        Each step runs the model over one new position, reusing the cached keys and values of the
+        earlier ones. Once the cache is full, the window slides: the positions of every kept token
+        shift down by one, so their cached keys are stale and the cache is rebuilt from the last
+        block_size tokens (positions 0.. again, exactly what a model without a cache would see).
+        """
+        idx = self._check_idx(idx, max_len=np.inf)  # checked now, not at the first next()
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        if not temperature >= 0:  # `not >=` also rejects NaN
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        return self._stream(idx, max_new_tokens, temperature, top_k, top_p, np.random.default_rng(seed))
+
+    def _stream(self, idx, max_new_tokens, temperature, top_k, top_p, rng):
+        B, T0 = idx.shape
+        block_size = self.config.block_size
+        tokens = np.empty((B, T0 + max_new_tokens), dtype=np.int64)  # the prompt, then the output
+        tokens[:, :T0] = idx
+        kv_cache = self.new_kv_cache(B)
+        for n in range(T0, T0 + max_new_tokens):  # n: tokens so far
+            if kv_cache[0].length in (0, block_size):  # first step, or the window slides: (re)fill
+                for cache in kv_cache:
+                    cache.length = 0
+                logits = self._next_logits(tokens[:, max(0, n - block_size):n], kv_cache)
+            else:                                      # one new position
+                logits = self._next_logits(tokens[:, n - 1:n], kv_cache)
+            tokens[:, n] = sample_next(logits, temperature, top_k, top_p, rng)
+            yield tokens[:, n].copy()
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None):
+        """idx (B, T) -> (B, T + max_new_tokens): the prompt followed by the generated tokens."""
+        idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+        steps = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, seed))
+        new = np.stack(steps, axis=1) if steps else np.zeros((idx.shape[0], 0), dtype=np.int64)
+        return np.concatenate([idx.astype(np.int64), new], axis=1)
+
+    # ---- Hugging Face GPT-2 checkpoints ------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path, dropout=0.0, dtype=np.float32):
+        """Load a Hugging Face GPT-2 checkpoint directory: config.json + model.safetensors, as
+        written by `GPT2LMHeadModel.save_pretrained` (or by `save_pretrained` below)."""
+        config_file, weights_file = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+        for f in (config_file, weights_file):
+            if not os.path.isfile(f):
+                raise FileNotFoundError(f"{f} not found: a GPT-2 checkpoint directory needs config.json and "
+                                        "model.safetensors (save it with safe_serialization=True)")
+        with open(config_file) as fh:
+            hf = json.load(fh)
+        missing = [k for k in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd") if k not in hf]
+        if missing:
+            raise ValueError(f"{config_file} lacks {missing}")
+        unsupported = {  # the GPT-2 options this model does not implement, and their standard values
+            "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
+            "layer_norm_epsilon": (hf.get("layer_norm_epsilon", 1e-5), (1e-5,)),
+            "n_inner": (hf.get("n_inner"), (None, 4 * hf["n_embd"])),
+            "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False), (False,)),
+            "scale_attn_weights": (hf.get("scale_attn_weights", True), (True,)),
+        }
+        for key, (value, allowed) in unsupported.items():
+            if value not in allowed:
+                raise ValueError(f"{config_file}: {key}={value!r} is not supported (expected one of {allowed})")
+        config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True)
+        model = cls(config, seed=0, dtype=dtype)
+        state_dict, lm_head = {}, None
+        for key, value in _safetensors().load_file(weights_file).items():
+            if key.endswith((".attn.bias", ".attn.masked_bias")):
+                continue  # causal-mask buffers saved by older transformers, not weights
+            if key == "lm_head.weight":
+                lm_head = value
+                continue
+            # GPT2LMHeadModel's keys start with "transformer.", GPT2Model's do not
+            state_dict[key if key.startswith("transformer.") else "transformer." + key] = value
+        wte = state_dict.get("transformer.wte.weight")
+        if lm_head is not None and wte is not None and not np.array_equal(lm_head, wte):
+            raise ValueError(f"{weights_file}: lm_head.weight differs from transformer.wte.weight, but "
+                             "tinygpt ties the output head to the token embedding")
+        try:
+            model.load_state_dict(state_dict)
+        except ValueError as e:
+            raise ValueError(f"{weights_file}: {e}") from None
+        return model
+
+    def save_pretrained(self, path):
+        """Write config.json + model.safetensors in Hugging Face's GPT-2 format, each atomically
+        (temp file, then rename), so `GPT2LMHeadModel.from_pretrained(path)` loads it. Only the
+        transformer.* weights are written: the tied lm_head is rebuilt from wte on load."""
+        st = _safetensors()
+        c = self.config
+        os.makedirs(path, exist_ok=True)
+        tensors = {name: np.ascontiguousarray(p.data) for name, p in self.named_parameters()}
+        for name, m in self.named_modules():
+            if isinstance(m, (Linear, LayerNorm)) and m.bias is None:  # bias=False: GPT-2 always has
+                tensors[f"{name}.bias"] = np.zeros(m.weight.shape[-1], m.weight.dtype)  # biases; 0 is the same
+        hf = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
+              "n_positions": c.block_size, "n_ctx": c.block_size, "n_layer": c.n_layer, "n_head": c.n_head,
+              "n_embd": c.n_embd, "n_inner": None, "activation_function": "gelu_new",
+              "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": 0.0,  # see module docstring
+              "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "tie_word_embeddings": True,
+              # GPT-2's <|endoftext|> is id 50256; a smaller vocabulary (e.g. characters) has none
+              "bos_token_id": 50256 if c.vocab_size > 50256 else None,
+              "eos_token_id": 50256 if c.vocab_size > 50256 else None}
+        # transformers refuses a safetensors file whose metadata lacks "format"
+        _write_atomically(os.path.join(path, "model.safetensors"),
+                          lambda f: st.save_file(tensors, f, metadata={"format": "pt"}))
+        _write_atomically(os.path.join(path, "config.json"),
+                          lambda f: pathlib.Path(f).write_text(json.dumps(hf, indent=2) + "\n"))
+
+
+def _safetensors():
+    """safetensors.numpy, an optional dependency, imported only when checkpoints are read or written."""
+    try:
+        import safetensors.numpy
+    except ImportError:
+        raise ImportError("reading and writing Hugging Face checkpoints needs the safetensors package: "
+                          "pip install safetensors") from None
+    return safetensors.numpy
+
+
+def _write_atomically(path, write):
+    """write(tmp) then rename tmp to path: a crash never leaves a half-written file at `path`."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
