@@ -1,0 +1,370 @@
+"""The numba kernels (jit.py) against the NumPy specification (reference.py), and the
+specification against the math.
+
+Tolerances. float64 runs the same numba code, so it must agree to ~1e-12 relative: any
+looser and a real bug could hide behind rounding. For float32, a length-K sum or dot product
+summed in a different order (SIMD lanes, tiles) differs by up to about K * eps * sum|terms|, with
+eps = 1.2e-7; in practice ~sqrt(K) * eps. Each test states its float32 bound in those terms.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from tinygpt import kernels
+from tinygpt.kernels import jit, reference as ref
+
+EPS32 = float(np.finfo(np.float32).eps)
+DTYPES = [np.float32, np.float64]
+seeds = st.integers(0, 2**32 - 1)
+
+
+def rand(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def non_contiguous(a):
+    """The same values as `a`, as a non-contiguous view (the last two axes transposed in memory)."""
+    return np.ascontiguousarray(np.swapaxes(a, -1, -2)).swapaxes(-1, -2) if a.ndim >= 2 else a[::-1].copy()[::-1]
+
+
+def close(actual, expected, dtype, k=1.0, scale=None):
+    """|actual - expected| <= tol * |expected| + tol * scale, with tol = 4 k eps for float32 and
+    max(1e-12, 4 k eps) for float64. k is the error growth the test expects (e.g. K for a K-term
+    dot product, |s| for exp(s), whose relative error is |s| times that of s); scale is the size
+    of the terms (default max|expected|)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype == dtype
+    assert np.all(np.isfinite(actual) == np.isfinite(expected))
+    tol = 4 * k * np.finfo(dtype).eps
+    tol = tol if dtype == np.float32 else max(tol, 1e-12)
+    scale = np.abs(expected).max(initial=0.0) if scale is None else scale
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * (scale + 1e-30))
+
+
+# ---------------------------------------------------------------------------------------- matmul
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40)
+@given(seed=seeds, M=st.integers(1, 70), K=st.integers(1, 70), N=st.integers(1, 90),
+       batch=st.sampled_from([None, 1, 3]), layout=st.sampled_from(["c", "a^T", "b^T"]))
+def test_matmul_agrees(dtype, seed, M, K, N, batch, layout):
+    rng = np.random.default_rng(seed)
+    lead = () if batch is None else (batch,)
+    a, b = rand(rng, lead + (M, K), dtype), rand(rng, lead + (K, N), dtype)
+    if layout == "a^T":
+        a = non_contiguous(a)
+    elif layout == "b^T":
+        b = non_contiguous(b)
+    # float32: a K-term dot product of O(1) values, off by ~K eps at worst (scaled by sqrt(K) below)
+    close(jit.matmul(a, b), ref.matmul(a, b), dtype, k=K, scale=np.sqrt(K))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,K,N", [(300, 333, 517), (1, 700, 1), (257, 1, 129), (64, 512, 48)])
+def test_matmul_larger_than_tiles(dtype, M, K, N):
+    rng = np.random.default_rng(M * K * N)
+    a, b = rand(rng, (M, K), dtype), rand(rng, (K, N), dtype)
+    out = np.full((M, N), np.nan, dtype)
+    c = jit.matmul(a, b, out=out)
+    assert c is out
+    close(c, a @ b, dtype, k=K, scale=np.sqrt(K))
+
+
+def test_matmul_rejects_bad_shapes():
+    for m in (ref, jit):
+        with pytest.raises(ValueError, match=r"\(3, 4\) @ \(5, 6\)"):
+            m.matmul(np.ones((3, 4)), np.ones((5, 6)))
+        with pytest.raises(ValueError):
+            m.matmul(np.ones((2, 3, 4)), np.ones((3, 4, 5)))
+        with pytest.raises(ValueError):
+            m.matmul(np.ones((3, 4)), np.ones((4, 5)), out=np.ones((3, 4)))
+        with pytest.raises(TypeError):
+            m.matmul(np.ones((3, 4), np.int64), np.ones((4, 5), np.int64))
+
+
+# ---------------------------------------------------------------------------------------- softmax
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40)
+@given(seed=seeds, rows=st.integers(1, 6), Tq=st.integers(1, 20), extra=st.integers(0, 40),
+       scale=st.sampled_from([1.0, 0.125, 3.0]), causal=st.booleans(), big=st.booleans(),
+       contiguous=st.booleans())
+def test_softmax_agrees(dtype, seed, rows, Tq, extra, scale, causal, big, contiguous):
+    rng = np.random.default_rng(seed)
+    x = rand(rng, (rows, Tq, Tq + extra), dtype, scale=1e4 if big else 3.0)  # 1e4: no NaN/inf allowed
+    x = x if contiguous else non_contiguous(x)
+    y = jit.softmax_forward(x, scale, causal)
+    # each probability is exp(s - max) / sum: a Tk-term sum, and exp(s - max) whose relative error
+    # is |s| times that of s (so 1e4-sized logits carry ~1e-3 relative error in float32 anyway)
+    growth = 4 + x.shape[-1] + scale * np.abs(x).max()
+    close(y, ref.softmax_forward(x, scale, causal), dtype, k=growth)
+    if causal and extra == 0:  # the first query sees only itself: a one-element softmax is exactly 1
+        assert np.all(y[..., 0, 0] == 1) and np.all(y[..., 0, 1:] == 0)
+    dy = rand(rng, x.shape, dtype)
+    dy = dy if contiguous else non_contiguous(dy)
+    # backward: sum(dy * y) over Tk terms, then one product; scale by max|dy| since dx ~ y * dy
+    close(jit.softmax_backward(y, dy, scale), ref.softmax_backward(y, dy, scale), dtype,
+          k=4 + x.shape[-1], scale=scale * np.abs(dy).max())  # y is given: no exp here
+
+
+def test_softmax_rejects_bad_inputs():
+    for m in (ref, jit):
+        with pytest.raises(ValueError, match="Tk >= Tq"):
+            m.softmax_forward(np.ones((4, 3)), causal=True)
+        with pytest.raises(ValueError, match="must match"):
+            m.softmax_backward(np.ones((4, 3)), np.ones((4, 2)))
+
+
+# ---------------------------------------------------------------------------------------- layer norm
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=30)
+@given(seed=seeds, N=st.integers(1, 40), C=st.integers(1, 300), shift=st.sampled_from([0.0, 5.0]),
+       contiguous=st.booleans())
+def test_layer_norm_agrees(dtype, seed, N, C, shift, contiguous):
+    rng = np.random.default_rng(seed)
+    x = rand(rng, (N, C), dtype) + dtype(shift)
+    x = x if contiguous else non_contiguous(x)
+    w, b, dy = rand(rng, C, dtype), rand(rng, C, dtype), rand(rng, (N, C), dtype)
+    got, want = jit.layer_norm_forward(x, w, b, 1e-5), ref.layer_norm_forward(x, w, b, 1e-5)
+    # float32: mean and variance are C-term sums; y inherits their relative error times |xhat| |w|
+    for g, e in zip(got, want):
+        close(g, e, dtype, k=4 + C, scale=1.0)
+    _, mean, rstd = want
+    got, want = jit.layer_norm_backward(dy, x, w, mean, rstd), ref.layer_norm_backward(dy, x, w, mean, rstd)
+    # dx: two C-term means; dweight, dbias: N-term sums over rows
+    close(got[0], want[0], dtype, k=4 + C, scale=float(rstd.max()) * np.abs(w).max())
+    close(got[1], want[1], dtype, k=4 + N + C, scale=np.sqrt(N))
+    close(got[2], want[2], dtype, k=4 + N, scale=np.sqrt(N))
+
+
+def test_layer_norm_rejects_bad_shapes():
+    for m in (ref, jit):
+        with pytest.raises(ValueError, match=r"\(5,\)"):
+            m.layer_norm_forward(np.ones((3, 5)), np.ones(4), np.zeros(5))
+        with pytest.raises(ValueError):
+            m.layer_norm_forward(np.ones((2, 3, 5)), np.ones(5), np.zeros(5))
+        with pytest.raises(ValueError):
+            m.layer_norm_backward(np.ones((3, 5)), np.ones((3, 5)), np.ones(5), np.zeros(2), np.ones(3))
+
+
+# ---------------------------------------------------------------------------------------- gelu
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=30)
+@given(seed=seeds, shape=st.lists(st.integers(1, 30), min_size=1, max_size=3),
+       scale=st.sampled_from([1.0, 10.0, 1e4]), contiguous=st.booleans())
+def test_gelu_agrees(dtype, seed, shape, scale, contiguous):
+    rng = np.random.default_rng(seed)
+    x, dy = rand(rng, shape, dtype, scale), rand(rng, shape, dtype)
+    if not contiguous:
+        x, dy = non_contiguous(x), non_contiguous(dy)
+    # float32: a tanh (a few ulps) inside a handful of products; the backward also forms 1 - t^2
+    close(jit.gelu_forward(x), ref.gelu_forward(x), dtype, k=4, scale=1.0)
+    # subtle: for 4 < |x| < 6, 1 - t^2 is a few ulps of t times ~x^3, so allow 16 ulps there
+    close(jit.gelu_backward(x, dy), ref.gelu_backward(x, dy), dtype, k=16, scale=np.abs(dy).max())
+
+
+# ---------------------------------------------------------------------------------------- cross-entropy
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40)
+@given(seed=seeds, N=st.integers(1, 30), C=st.integers(1, 200), big=st.booleans(),
+       ignore=st.sampled_from(["none", "some", "all"]), contiguous=st.booleans())
+def test_cross_entropy_agrees(dtype, seed, N, C, big, ignore, contiguous):
+    rng = np.random.default_rng(seed)
+    logits = rand(rng, (N, C), dtype, scale=1e4 if big else 3.0)  # 1e4: no NaN/inf allowed
+    logits = logits if contiguous else non_contiguous(logits)
+    targets = rng.integers(0, C, N)
+    if ignore != "none":
+        targets[rng.random(N) < 0.5 if ignore == "some" else slice(None)] = -100
+    losses, lse = jit.cross_entropy_forward(logits, targets, -100)
+    want_losses, want_lse = ref.cross_entropy_forward(logits, targets, -100)
+    # float32: lse = max + log(sum of C exps); loss = lse - logit, so the error scales with |logits|
+    big_scale = np.abs(logits).max()
+    close(lse, want_lse, dtype, k=4 + C, scale=big_scale)
+    close(losses, want_losses, dtype, k=4 + C, scale=big_scale)
+    dl = rand(rng, N, dtype)
+    dl[targets == -100] = np.nan  # an ignored row's upstream gradient must not leak in
+    got = jit.cross_entropy_backward(logits, targets, lse, dl, -100)
+    close(got, ref.cross_entropy_backward(logits, targets, want_lse, dl, -100), dtype, k=4 + C, scale=1.0)
+    if ignore == "all":
+        assert np.all(losses == 0) and np.all(got == 0)
+
+
+@pytest.mark.parametrize("m", [ref, jit], ids=["numpy", "numba"])
+def test_cross_entropy_rejects_bad_targets(m):
+    logits = np.zeros((3, 5), np.float32)
+    for bad in (5, -1, 1000):
+        with pytest.raises(ValueError, match=f"target {bad} is out of range \\[0, 5\\)"):
+            m.cross_entropy_forward(logits, np.array([0, bad, 1]))
+        with pytest.raises(ValueError, match=f"target {bad}"):
+            m.cross_entropy_backward(logits, np.array([0, bad, 1]), np.zeros(3), np.ones(3))
+    with pytest.raises(ValueError, match=r"\(3, 5\) and targets \(2,\)"):
+        m.cross_entropy_forward(logits, np.array([0, 1]))
+    with pytest.raises(TypeError):
+        m.cross_entropy_forward(logits, np.array([0.0, 1.0, 2.0]))
+
+
+# ---------------------------------------------------------------------------------------- AdamW
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=20)
+@given(seed=seeds, n=st.integers(1, 3000), wd=st.sampled_from([0.0, 0.1]), lr=st.sampled_from([1e-3, 0.1]))
+def test_adamw_agrees(dtype, seed, n, wd, lr):
+    rng = np.random.default_rng(seed)
+    p, m, v = rand(rng, n, dtype), np.zeros(n, dtype), np.zeros(n, dtype)
+    mine = (p.copy(), m.copy(), v.copy())
+    for step in range(1, 4):
+        g = rand(rng, n, dtype)
+        ref.adamw_step(p, g, m, v, lr, 0.9, 0.95, 1e-8, wd, step)
+        jit.adamw_step(*mine[:1], g, *mine[1:], lr, 0.9, 0.95, 1e-8, wd, step)
+    # float32: a few roundings per step, each relative to |p| (the update itself is ~lr in size)
+    for got, want in zip(mine, (p, m, v)):
+        close(got, want, dtype, k=16, scale=1.0)
+
+
+def test_adamw_twice_on_one_buffer_and_bad_inputs():
+    # callers update decayed and non-decayed parameters as two slices of one flat buffer
+    p, g, m, v = np.ones(6, np.float32), np.full(6, 0.5, np.float32), np.zeros(6, np.float32), np.zeros(6, np.float32)
+    ps = [p.copy(), p.copy()]
+    for mod, q in zip((ref, jit), ps):
+        mm, vv = m.copy(), v.copy()
+        mod.adamw_step(q[:4], g[:4], mm[:4], vv[:4], 0.1, 0.9, 0.95, 1e-8, 0.1, 1)
+        mod.adamw_step(q[4:], g[4:], mm[4:], vv[4:], 0.1, 0.9, 0.95, 1e-8, 0.0, 1)
+    np.testing.assert_allclose(ps[1], ps[0], rtol=1e-6)
+    np.testing.assert_allclose(ps[0], [1 - 0.01 - 0.1] * 4 + [1 - 0.1] * 2, rtol=1e-5)
+    for mod in (ref, jit):
+        with pytest.raises(ValueError, match="contiguous 1-D"):
+            mod.adamw_step(np.ones((2, 3)), np.ones((2, 3)), np.zeros((2, 3)), np.zeros((2, 3)), 0.1, 0.9, 0.95, 1e-8, 0, 1)
+        with pytest.raises(ValueError, match="must match"):
+            mod.adamw_step(np.ones(3), np.ones(4), np.zeros(3), np.zeros(3), 0.1, 0.9, 0.95, 1e-8, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------- attention
+
+def naive_attention(q, k, v, causal):
+    """softmax(q k^T / sqrt(hs)) v one query at a time, straight from the definition."""
+    B, nh, Tq, hs = q.shape
+    Tk = k.shape[2]
+    out = np.zeros_like(q)
+    for b in range(B):
+        for h in range(nh):
+            for i in range(Tq):
+                seen = range(i + Tk - Tq + 1) if causal else range(Tk)
+                s = np.array([q[b, h, i] @ k[b, h, j] / np.sqrt(hs) for j in seen])
+                p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+                out[b, h, i] = sum(pj * v[b, h, j] for pj, j in zip(p, seen))
+    return out
+
+
+@settings(max_examples=20)
+@given(seed=seeds, Tq=st.integers(1, 6), extra=st.integers(0, 3), hs=st.integers(1, 5), causal=st.booleans())
+def test_reference_attention_is_the_definition(seed, Tq, extra, hs, causal):
+    rng = np.random.default_rng(seed)
+    q, k, v = rand(rng, (2, 2, Tq, hs), np.float64), *(rand(rng, (2, 2, Tq + extra, hs), np.float64) for _ in "kv")
+    out, lse = ref.attention_forward(q, k, v, causal)
+    np.testing.assert_allclose(out, naive_attention(q, k, v, causal), rtol=1e-12, atol=1e-12)
+    s = ref._scores(q, k, causal)
+    np.testing.assert_allclose(lse, np.log(np.exp(s).sum(-1)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=40)
+@given(seed=seeds, B=st.integers(1, 2), nh=st.integers(1, 3), Tq=st.integers(1, 70), extra=st.integers(0, 40),
+       hs=st.sampled_from([1, 3, 8, 16, 17, 32, 64]), causal=st.booleans(),
+       layout=st.sampled_from(["c", "(B,T,nh,hs)", "T^T"]), big=st.booleans())
+def test_attention_agrees(dtype, seed, B, nh, Tq, extra, hs, causal, layout, big):
+    rng = np.random.default_rng(seed)
+    Tk = Tq + extra
+    if causal and extra > 0 and seed % 2:  # keep the common training case (Tq == Tk) well covered
+        Tk = Tq
+    shape = lambda T: (B, nh, T, hs)
+    q, k, v, dout = rand(rng, shape(Tq), dtype, 30.0 if big else 1.0), rand(rng, shape(Tk), dtype), \
+        rand(rng, shape(Tk), dtype), rand(rng, shape(Tq), dtype)
+    if layout == "(B,T,nh,hs)":  # how the model produces them: a transposed view of (B, T, nh, hs)
+        q, k, v = (np.ascontiguousarray(a.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3) for a in (q, k, v))
+    elif layout == "T^T":
+        q, k, v, dout = (non_contiguous(a) for a in (q, k, v, dout))
+    out, lse = jit.attention_forward(q, k, v, causal)
+    want_out, want_lse = ref.attention_forward(q, k, v, causal)
+    # float32: scores are hs-term dot products (|q||k| sized; 30x for `big`), then a softmax over Tk
+    # and a Tk-term weighted sum of v; the error is relative to the scores' size
+    size = (30.0 if big else 1.0) * np.sqrt(hs)
+    close(lse, want_lse, dtype, k=4 + hs + Tk, scale=size)
+    close(out, want_out, dtype, k=(4 + hs + Tk) * size, scale=1.0)
+    got = jit.attention_backward(q, k, v, out, lse, dout, causal)
+    want = ref.attention_backward(q, k, v, want_out, want_lse, dout, causal)
+    for g, w in zip(got, want):
+        close(g, w, dtype, k=(4 + hs + Tk) * size, scale=np.abs(w).max() + 1.0)
+
+
+def test_attention_rejects_bad_shapes():
+    q = np.zeros((1, 2, 4, 8))
+    for m in (ref, jit):
+        with pytest.raises(ValueError, match="Tk >= Tq"):
+            m.attention_forward(q, q[:, :, :2], q[:, :, :2], causal=True)
+        with pytest.raises(ValueError, match="q \\(1, 2, 4, 8\\)"):
+            m.attention_forward(q, q[..., :4], q[..., :4])
+        with pytest.raises(ValueError):
+            m.attention_forward(q[0], q[0], q[0])
+        with pytest.raises(ValueError, match="lse"):
+            m.attention_backward(q, q, q, q, np.zeros((1, 2)), q)
+
+
+# ---------------------------------------------------------------------------------------- reference gradients
+
+def directional_check(f, args, i, grad, rng, h=1e-6):
+    """<u, df/dargs[i]> by central difference along a random direction u, against the analytic one."""
+    u = rng.standard_normal(args[i].shape)
+    plus, minus = list(args), list(args)
+    plus[i], minus[i] = args[i] + h * u, args[i] - h * u
+    numeric = (f(*plus) - f(*minus)) / (2 * h)
+    np.testing.assert_allclose((u * grad).sum(), numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_reference_backwards_match_finite_differences():
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((5, 7)), rng.standard_normal((5, 7))
+    w, b = rng.standard_normal(7), rng.standard_normal(7)
+
+    loss = lambda x: (ref.softmax_forward(x, 0.7, True) * dy).sum()
+    directional_check(loss, [x], 0, ref.softmax_backward(ref.softmax_forward(x, 0.7, True), dy, 0.7), rng)
+    directional_check(lambda x: (ref.gelu_forward(x) * dy).sum(), [x], 0, ref.gelu_backward(x, dy), rng)
+
+    loss = lambda x, w, b: (ref.layer_norm_forward(x, w, b)[0] * dy).sum()
+    _, mean, rstd = ref.layer_norm_forward(x, w, b)
+    grads = ref.layer_norm_backward(dy, x, w, mean, rstd)
+    for i in range(3):
+        directional_check(loss, [x, w, b], i, grads[i], rng)
+
+    t, dl = np.array([1, -100, 6, 0, 3]), rng.standard_normal(5)
+    lse = ref.cross_entropy_forward(x, t)[1]
+    directional_check(lambda x: (ref.cross_entropy_forward(x, t)[0] * dl).sum(), [x], 0,
+                      ref.cross_entropy_backward(x, t, lse, dl), rng)
+
+    q, k, v = (rng.standard_normal((1, 2, 4, 3)) for _ in "qkv")
+    dout = rng.standard_normal(q.shape)
+    out, lse = ref.attention_forward(q, k, v)
+    grads = ref.attention_backward(q, k, v, out, lse, dout)
+    for i in range(3):
+        directional_check(lambda *qkv: (ref.attention_forward(*qkv)[0] * dout).sum(), [q, k, v], i, grads[i], rng)
+
+
+# ---------------------------------------------------------------------------------------- dispatch
+
+def test_every_kernel_set_exports_the_contract():
+    for name in kernels.NAMES:
+        assert callable(getattr(ref, name)) and callable(getattr(jit, name))
+
+
+def test_use_switches_and_rejects_unknown(monkeypatch):
+    before = kernels.backend
+    try:
+        assert kernels.use("numpy") == "numpy" and kernels.softmax_forward is ref.softmax_forward
+        assert kernels.use("numba") == "numba"
+        with pytest.raises(ValueError, match="'cuda'"):
+            kernels.use("cuda")
+    finally:
+        if before is not None:
+            kernels.use(before)

@@ -1,0 +1,240 @@
+"""Numba kernels: the same names and signatures as reference.py, compiled to parallel SIMD code.
+
+Every public function is a thin Python wrapper: it checks its inputs with reference.py's checks
+(so bad shapes raise the same ValueError, never a numba out-of-bounds read), makes them
+contiguous, and calls an @njit core that loops over rows. The cores fuse what NumPy does in
+several passes over memory (max, exp, sum, divide...) into one or two passes over a row that
+sits in L1 cache, and split the rows across cores with `prange`.
+
+This file holds the row-wise kernels (softmax, layer norm, gelu, cross-entropy, AdamW);
+matmul and attention have their own files (jit_matmul.py, jit_attention.py) and are re-exported
+here, so `jit` has exactly the names of `reference`.
+
+Compile options used throughout:
+- `cache=True`: compiled code is saved next to the source, so only the first run pays for it.
+- `error_model="numpy"`: x / 0 gives inf like NumPy instead of raising, which also removes the
+  zero check that would stop LLVM from vectorizing a loop with a division.
+- `fastmath=FMA`: a*b + c may be fused into one FMA instruction (rounded once: never less exact).
+- `fastmath=SUM` only where a loop is a plain sum: it lets LLVM reorder the additions to use
+  SIMD lanes (changes rounding by about n * eps, well inside float32 tolerances and ~1e-14 in
+  float64). subtle: never on code that calls exp_le0, whose range reduction relies on the order
+  of its operations; such kernels sum through the separate `row_sum` helper instead.
+"""
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from . import reference as ref
+from .jit_math import exp_le0, row_dot, row_max, row_sum, tanh
+from .jit_matmul import matmul, prefer_blas
+from .jit_attention import attention_backward, attention_forward
+
+FMA = {"contract"}
+SUM = {"contract", "reassoc"}
+KERNEL = dict(cache=True, error_model="numpy", fastmath=FMA)
+
+__all__ = ["matmul", "prefer_blas", "attention_forward", "attention_backward",
+           "softmax_forward", "softmax_backward", "layer_norm_forward", "layer_norm_backward",
+           "gelu_forward", "gelu_backward", "cross_entropy_forward", "cross_entropy_backward",
+           "adamw_step"]
+
+
+def _c(x):
+    return np.ascontiguousarray(x)
+
+
+# ---------------------------------------------------------------------------------------- softmax
+
+def softmax_forward(x, scale=1.0, causal=False):
+    x, scale = ref.check_softmax(x, scale, causal)
+    Tq, Tk = x.shape[-2:] if causal else (1, x.shape[-1])
+    offset = Tk - Tq if causal else Tk  # row r (query r % Tq) sees keys j <= r % Tq + offset
+    return _softmax_rows(_c(x).reshape(-1, x.shape[-1]), scale, Tq, offset).reshape(x.shape)
+
+
+@njit(parallel=True, **KERNEL)
+def _softmax_rows(x, scale, Tq, offset):  # x (R, C) -> y (R, C)
+    R, C = x.shape
+    y = np.empty_like(x)
+    for r in prange(R):
+        n = min(C, r % Tq + offset + 1)  # unmasked length of this row: 1 <= n <= C
+        xr, yr = x[r], y[r]
+        m = row_max(xr, n, scale)
+        for j in range(n):               # pass 1: shifted exps (vectorized exp)
+            yr[j] = exp_le0(scale * xr[j] - m)
+        inv = yr.dtype.type(1) / row_sum(yr, n)
+        for j in range(n):               # pass 2: normalize
+            yr[j] *= inv
+        yr[n:] = 0
+    return y
+
+
+def softmax_backward(y, dy, scale=1.0):
+    y, dy = ref.check_same("softmax_backward", y, dy)
+    C = y.shape[-1]
+    return _softmax_backward_rows(_c(y).reshape(-1, C), _c(dy).reshape(-1, C), y.dtype.type(scale)).reshape(y.shape)
+
+
+@njit(parallel=True, **KERNEL)
+def _softmax_backward_rows(y, dy, scale):  # dx = scale * y * (dy - sum(dy * y))
+    dx = np.empty_like(y)
+    for r in prange(y.shape[0]):
+        d = row_dot(dy[r], y[r], y.shape[1])
+        for j in range(y.shape[1]):
+            dx[r, j] = scale * y[r, j] * (dy[r, j] - d)
+    return dx
+
+
+# ---------------------------------------------------------------------------------------- layer norm
+
+def layer_norm_forward(x, weight, bias, eps=1e-5):
+    x, weight, bias = ref.check_layer_norm(x, weight, bias)
+    return _layer_norm_rows(_c(x), _c(weight), _c(bias), x.dtype.type(eps))
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath=SUM)
+def _layer_norm_rows(x, w, b, eps):  # x (N, C) -> y (N, C), mean (N,), rstd (N,)
+    N, C = x.shape
+    y, mean, rstd = np.empty_like(x), np.empty(N, x.dtype), np.empty(N, x.dtype)
+    one, inv_c = x.dtype.type(1), x.dtype.type(1 / C)  # subtle: a bare `1 / C` would make float32 math float64
+    for r in prange(N):
+        xr = x[r]
+        mu = row_sum(xr, C) * inv_c
+        var = x.dtype.type(0)
+        for j in range(C):               # two passes (mean, then variance): no cancellation
+            var += (xr[j] - mu) * (xr[j] - mu)
+        rs = one / np.sqrt(var * inv_c + eps)
+        for j in range(C):
+            y[r, j] = (xr[j] - mu) * rs * w[j] + b[j]
+        mean[r], rstd[r] = mu, rs
+    return y, mean, rstd
+
+
+def layer_norm_backward(dy, x, weight, mean, rstd):
+    x, dy, weight, mean, rstd = ref.check_layer_norm_grads(x, dy, weight, mean, rstd)
+    return _layer_norm_backward_rows(_c(dy), _c(x), _c(weight), _c(mean), _c(rstd), get_num_threads())
+
+
+@njit(parallel=True, cache=True, error_model="numpy", fastmath=SUM)
+def _layer_norm_backward_rows(dy, x, w, mean, rstd, nchunks):
+    # dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * w, xhat = (x - mean) * rstd.
+    # dweight and dbias sum over all rows: each chunk of rows sums into its own row of `partial`
+    # (no two threads write the same memory), and the chunks are added at the end.
+    N, C = x.shape
+    dx = np.empty_like(x)
+    partial = np.zeros((nchunks, 2, C), x.dtype)  # [chunk, (dweight, dbias), C]
+    inv_c = x.dtype.type(1 / C)
+    for c in prange(nchunks):
+        for r in range(c * N // nchunks, (c + 1) * N // nchunks):
+            mu, rs = mean[r], rstd[r]
+            g_mean, gx_mean = x.dtype.type(0), x.dtype.type(0)
+            for j in range(C):
+                g = dy[r, j] * w[j]
+                g_mean += g
+                gx_mean += g * (x[r, j] - mu) * rs
+            g_mean, gx_mean = g_mean * inv_c, gx_mean * inv_c
+            for j in range(C):
+                xhat = (x[r, j] - mu) * rs
+                dx[r, j] = rs * (dy[r, j] * w[j] - g_mean - xhat * gx_mean)
+                partial[c, 0, j] += dy[r, j] * xhat
+                partial[c, 1, j] += dy[r, j]
+    sums = partial.sum(axis=0)
+    return dx, sums[0], sums[1]
+
+
+# ---------------------------------------------------------------------------------------- gelu
+
+def gelu_forward(x):
+    x = ref.check_float("gelu_forward", x)
+    return _gelu(_c(x).reshape(-1), x.dtype.type(ref.GELU_C)).reshape(x.shape)
+
+
+@njit(parallel=True, **KERNEL)
+def _gelu(x, c):  # y = 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
+    y = np.empty_like(x)
+    k, half, one = x.dtype.type(0.044715), x.dtype.type(0.5), x.dtype.type(1)
+    for i in prange(x.shape[0]):
+        xi = x[i]
+        y[i] = half * xi * (one + tanh(c * (xi + k * xi * xi * xi)))
+    return y
+
+
+def gelu_backward(x, dy):
+    x, dy = ref.check_same("gelu_backward", x, dy)
+    return _gelu_backward(_c(x).reshape(-1), _c(dy).reshape(-1), x.dtype.type(ref.GELU_C)).reshape(x.shape)
+
+
+@njit(parallel=True, **KERNEL)
+def _gelu_backward(x, dy, c):  # dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2))
+    dx = np.empty_like(x)
+    k, k3, half, one = x.dtype.type(0.044715), x.dtype.type(3 * 0.044715), x.dtype.type(0.5), x.dtype.type(1)
+    for i in prange(x.shape[0]):
+        xi = x[i]
+        t = tanh(c * (xi + k * xi * xi * xi))
+        dx[i] = dy[i] * (half * (one + t) + half * xi * (one - t * t) * c * (one + k3 * xi * xi))
+    return dx
+
+
+# ---------------------------------------------------------------------------------------- cross-entropy
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    logits, targets = ref.check_cross_entropy(logits, targets, ignore_index)
+    return _cross_entropy_rows(_c(logits), _c(targets), ignore_index, get_num_threads())
+
+
+@njit(parallel=True, **KERNEL)
+def _cross_entropy_rows(x, targets, ignore_index, nchunks):  # -> losses (N,), lse (N,)
+    N, C = x.shape
+    losses, lse = np.empty(N, x.dtype), np.empty(N, x.dtype)
+    for c in prange(nchunks):
+        e = np.empty(C, x.dtype)  # scratch row for the exps, one per chunk of rows
+        for r in range(c * N // nchunks, (c + 1) * N // nchunks):
+            xr = x[r]
+            m = row_max(xr, C, x.dtype.type(1))
+            for j in range(C):
+                e[j] = exp_le0(xr[j] - m)
+            lse[r] = m + np.log(row_sum(e, C))
+            t = targets[r]
+            losses[r] = 0 if t == ignore_index else lse[r] - xr[t]
+    return losses, lse
+
+
+def cross_entropy_backward(logits, targets, lse, dlosses, ignore_index=-100):
+    logits, targets = ref.check_cross_entropy(logits, targets, ignore_index)
+    lse, dlosses = ref.check_rows("cross_entropy_backward", logits, lse, dlosses)
+    return _cross_entropy_backward_rows(_c(logits), _c(targets), _c(lse), _c(dlosses), ignore_index)
+
+
+@njit(parallel=True, **KERNEL)
+def _cross_entropy_backward_rows(x, targets, lse, dlosses, ignore_index):
+    # dlogits = dloss * (softmax(x) - onehot(target)), with softmax(x) = exp(x - lse)
+    dx = np.empty_like(x)
+    for r in prange(x.shape[0]):
+        t = targets[r]
+        if t == ignore_index:
+            dx[r] = 0
+            continue
+        d, l = dlosses[r], lse[r]
+        for j in range(x.shape[1]):
+            dx[r, j] = exp_le0(x[r, j] - l) * d
+        dx[r, t] -= d
+    return dx
+
+
+# ---------------------------------------------------------------------------------------- AdamW
+
+def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    grad = _c(ref.check_adamw(param, grad, m, v, step))
+    t = param.dtype.type  # hyperparameters in the buffers' dtype, bias corrections folded in
+    _adamw(param, grad, m, v, t(lr), t(beta1), t(beta2), t(eps), t(weight_decay),
+           t(1 / (1 - beta1**step)), t(1 / np.sqrt(1 - beta2**step)))
+
+
+@njit(parallel=True, **KERNEL)
+def _adamw(p, g, m, v, lr, b1, b2, eps, wd, c1, c2):
+    # p -= lr wd p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr (m c1) / (sqrt(v) c2 + eps)
+    # with c1 = 1 / (1 - b1^step) and c2 = 1 / sqrt(1 - b2^step), so sqrt(v) c2 = sqrt(vhat)
+    one = p.dtype.type(1)
+    for i in prange(p.shape[0]):
+        m[i] = b1 * m[i] + (one - b1) * g[i]
+        v[i] = b2 * v[i] + (one - b2) * g[i] * g[i]
+        p[i] = p[i] - lr * wd * p[i] - lr * (m[i] * c1) / (np.sqrt(v[i]) * c2 + eps)

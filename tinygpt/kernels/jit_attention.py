@@ -1,0 +1,228 @@
+"""Fused causal attention in numba, flash-attention style: never a (T, T) matrix per head.
+
+Forward, for each head and each block of BR = 12 query rows, one pass over the keys in blocks
+of BC = 48 (Dao et al., FlashAttention, 2022):
+
+    s = (scale q) k^T           (BR, BC) scores, on the stack
+    mask                        keys j > i + (Tk - Tq) get probability 0
+    online softmax              m = running row max, l = running sum of exp(s - m); when m grows,
+                                the output so far is rescaled by alpha = exp(m_old - m_new)
+    o += exp(s - m) v           (BR, hs), unnormalized
+  then out = o / l and lse = m + log(l): the only things kept for the backward.
+
+Backward, for each head and each block of BC keys (FlashAttention-2's order: the key block's
+dk and dv stay on the stack while the query blocks stream past), with D_i = rowsum(dout * out):
+
+    p  = exp(s - lse)           recomputed from lse, not stored
+    dv += p^T dout              dp = dout v^T
+    ds = p * (dp - D)           (softmax backward; D_i = sum_j p_ij dp_ij)
+    dq += ds k                  dk += ds^T (scale q)        and finally dq *= scale
+
+Every product above is a call of the matmul micro-kernel `gemm6` on blocks padded with zeros:
+per head, q, k, v, dout are packed once into buffers whose rows and columns are padded to the
+block sizes (zeros change no product, and padded keys are masked). Heads are split across
+cores (prange); each core owns whole heads, so dk and dv need no locking.
+What this leaves out: splitting one head across cores (B * nh < cores leaves a core idle), and
+head sizes above HSMAX = 128 (those use the NumPy reference).
+"""
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from . import reference as ref
+from .jit_math import exp_le0, row_dot, row_max, stack_empty
+from .jit_matmul import MR, gemm6
+
+BR, BC = 2 * MR, 8 * MR   # query rows and keys per block (12, 48): multiples of MR and of KU
+HSMAX = 128               # largest head size the stack tiles hold
+LANES = 16                # SIMD lanes of float32 in AVX-512: the width of the partial row sums
+S_TILE, Q_TILE, K_TILE, L_TILE = BR * BC, BR * HSMAX, BC * HSMAX, BR * LANES  # stack tiles (constants)
+KERNEL = dict(cache=True, error_model="numpy", fastmath={"contract"})  # no reassoc: exp_le0
+
+
+def attention_forward(q, k, v, causal=True):
+    q, k, v = ref.check_attention(q, k, v, causal)
+    if q.shape[3] > HSMAX:
+        return ref.attention_forward(q, k, v, causal)
+    out, lse = _forward(_heads(q), _heads(k), _heads(v), causal, get_num_threads())
+    return out.reshape(q.shape), lse.reshape(q.shape[:3])
+
+
+def attention_backward(q, k, v, out, lse, dout, causal=True):
+    q, k, v = ref.check_attention(q, k, v, causal)
+    out, lse, dout = ref.check_attention_grads(q, out, lse, dout)
+    if q.shape[3] > HSMAX:
+        return ref.attention_backward(q, k, v, out, lse, dout, causal)
+    dq, dk, dv = _backward(_heads(q), _heads(k), _heads(v), _heads(out), _heads(dout),
+                           np.ascontiguousarray(lse).reshape(-1, q.shape[2]), causal, get_num_threads())
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+
+
+def _heads(x):
+    """(B, nh, T, hs) -> contiguous (B * nh, T, hs)."""
+    return np.ascontiguousarray(x).reshape(-1, x.shape[2], x.shape[3])
+
+
+@njit(**KERNEL)
+def _visible(i, Tk, offset, causal):
+    """How many keys query row i sees: keys j < this (bottom-right aligned causal mask)."""
+    return min(Tk, i + offset + 1) if causal else Tk
+
+
+@njit(**KERNEL)
+def _pad(n, block):
+    return (n + block - 1) // block * block
+
+
+@njit(**KERNEL)
+def _pack_rows(x, dst, scale):
+    """dst[:T, :hs] = scale * x; the padding of dst stays zero."""
+    for i in range(x.shape[0]):
+        for d in range(x.shape[1]):
+            dst[i, d] = scale * x[i, d]
+
+
+@njit(**KERNEL)
+def _pack_transposed(x, dst):
+    """dst[b, d, j] = x[b * BC + j, d]: x^T cut into (hs, BC) key blocks."""
+    for i in range(x.shape[0]):
+        for d in range(x.shape[1]):
+            dst[i // BC, d, i % BC] = x[i, d]
+
+
+# ---------------------------------------------------------------------------------------- forward
+
+@njit(parallel=True, **KERNEL)
+def _forward(q, k, v, causal, nthreads):  # q (BH, Tq, hs), k and v (BH, Tk, hs)
+    BH, Tq, hs = q.shape
+    Tk = k.shape[1]
+    HSP, TQP, TKP = _pad(hs, 16), _pad(Tq, BR), _pad(Tk, BC)
+    out, lse = np.empty_like(q), np.empty((BH, Tq), q.dtype)
+    scale = q.dtype.type(1 / np.sqrt(hs))
+    for t in prange(nthreads):
+        qp, vp = np.zeros((TQP, HSP), q.dtype), np.zeros((TKP, HSP), q.dtype)
+        kt = np.zeros((TKP // BC, HSP, BC), q.dtype)
+        for h in range(t * BH // nthreads, (t + 1) * BH // nthreads):
+            _pack_rows(q[h], qp, scale)
+            _pack_rows(v[h], vp, q.dtype.type(1))
+            _pack_transposed(k[h], kt)
+            for i0 in range(0, Tq, BR):
+                _forward_block(qp, kt, vp, out[h], lse[h], i0, Tk, Tk - Tq, causal)
+    return out, lse
+
+
+@njit(**KERNEL)
+def _forward_block(qp, kt, vp, out, lse, i0, Tk, offset, causal):
+    """Query rows i0 .. i0 + BR of one head, against all the keys they see."""
+    HSP, one = qp.shape[1], qp.dtype.type(1)
+    s = stack_empty(S_TILE, qp.dtype)       # scores, then probabilities: row r at s[r*BC:]
+    o = stack_empty(Q_TILE, qp.dtype)    # unnormalized output: row r at o[r*HSMAX:]
+    m = stack_empty(BR, qp.dtype)            # running row max
+    l = stack_empty(L_TILE, qp.dtype)        # running row sum, as LANES partial sums: row r at l[r*LANES:]
+    o[:] = 0
+    m[:] = -np.inf
+    l[:] = 0
+    p = s.reshape((BR, BC))
+    for j0 in range(0, _visible(i0 + BR - 1, Tk, offset, causal), BC):
+        s[:] = 0
+        for g in range(0, BR, MR):
+            gemm6(qp[i0 + g:i0 + g + MR], kt[j0 // BC], s[g * BC:], BC, BC, HSP)
+        for r in range(BR):
+            row = s[r * BC:(r + 1) * BC]
+            row[max(_visible(i0 + r, Tk, offset, causal) - j0, 0):] = -np.inf   # the mask
+            # every row sees key 0, so m_new is finite from the first block on
+            m_new = max(m[r], row_max(row, BC, one))
+            alpha = exp_le0(m[r] - m_new)   # 0 on the first block, where m[r] = -inf
+            for j in range(BC):             # loops of constant length BC: fully vectorized
+                row[j] = exp_le0(row[j] - m_new)
+            # l = l alpha + sum(row), lane by lane: SIMD adds without `reassoc`, and one
+            # horizontal sum per row at the very end instead of one per key block
+            lr = l[r * LANES:(r + 1) * LANES]
+            for u in range(LANES):
+                lr[u] *= alpha
+            for c in range(0, BC, LANES):
+                seg = row[c:c + LANES]
+                for u in range(LANES):
+                    lr[u] += seg[u]
+            m[r] = m_new
+            if alpha != 1:
+                orow = o[r * HSMAX:(r + 1) * HSMAX]
+                for d in range(HSMAX):
+                    orow[d] *= alpha
+        for g in range(0, BR, MR):
+            gemm6(p[g:g + MR], vp[j0:j0 + BC], o[g * HSMAX:], HSMAX, HSP, BC)
+    for r in range(min(BR, out.shape[0] - i0)):
+        total = l[r * LANES:(r + 1) * LANES].sum()
+        for d in range(out.shape[1]):
+            out[i0 + r, d] = o[r * HSMAX + d] / total
+        lse[i0 + r] = m[r] + np.log(total)
+
+
+# ---------------------------------------------------------------------------------------- backward
+
+@njit(parallel=True, **KERNEL)
+def _backward(q, k, v, out, dout, lse, causal, nthreads):
+    BH, Tq, hs = q.shape
+    Tk = k.shape[1]
+    HSP, TQP, TKP = _pad(hs, 16), _pad(Tq, BR), _pad(Tk, BC)
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    scale = q.dtype.type(1 / np.sqrt(hs))
+    for t in prange(nthreads):
+        qp, dop, dqp = np.zeros((TQP, HSP), q.dtype), np.zeros((TQP, HSP), q.dtype), np.zeros((TQP, HSP), q.dtype)
+        kp = np.zeros((TKP, HSP), q.dtype)
+        kt, vt = np.zeros((TKP // BC, HSP, BC), q.dtype), np.zeros((TKP // BC, HSP, BC), q.dtype)
+        lsep, D = np.zeros(TQP, q.dtype), np.zeros(TQP, q.dtype)
+        for h in range(t * BH // nthreads, (t + 1) * BH // nthreads):
+            _pack_rows(q[h], qp, scale)
+            _pack_rows(dout[h], dop, q.dtype.type(1))
+            _pack_rows(k[h], kp, q.dtype.type(1))
+            _pack_transposed(k[h], kt)
+            _pack_transposed(v[h], vt)
+            for i in range(Tq):
+                lsep[i], D[i] = lse[h, i], row_dot(dout[h, i], out[h, i], hs)
+            dqp[:] = 0
+            for j0 in range(0, Tk, BC):
+                _backward_block(qp, dop, kp, kt, vt, lsep, D, dqp, dk[h], dv[h], j0, Tq, Tk, causal)
+            for i in range(Tq):
+                for d in range(hs):
+                    dq[h, i, d] = scale * dqp[i, d]
+    return dq, dk, dv
+
+
+@njit(**KERNEL)
+def _backward_block(qp, dop, kp, kt, vt, lse, D, dqp, dk, dv, j0, Tq, Tk, causal):
+    """Keys j0 .. j0 + BC of one head, against all the query blocks that see them."""
+    HSP, offset = qp.shape[1], Tk - Tq
+    s = stack_empty(S_TILE, qp.dtype)       # scores, then p
+    ds = stack_empty(S_TILE, qp.dtype)      # dp, then ds
+    dqt = stack_empty(Q_TILE, qp.dtype)  # this block's share of dq
+    dkt, dvt = stack_empty(K_TILE, qp.dtype), stack_empty(K_TILE, qp.dtype)
+    dkt[:] = 0
+    dvt[:] = 0
+    p, ds2 = s.reshape((BR, BC)), ds.reshape((BR, BC))
+    first = max(0, j0 - offset) // BR * BR if causal else 0   # earlier queries see none of these keys
+    for i0 in range(first, Tq, BR):
+        s[:] = 0
+        ds[:] = 0
+        dqt[:] = 0
+        for g in range(0, BR, MR):
+            gemm6(qp[i0 + g:i0 + g + MR], kt[j0 // BC], s[g * BC:], BC, BC, HSP)
+            gemm6(dop[i0 + g:i0 + g + MR], vt[j0 // BC], ds[g * BC:], BC, BC, HSP)
+        for r in range(BR):
+            prow, dsrow = s[r * BC:(r + 1) * BC], ds[r * BC:(r + 1) * BC]
+            prow[max(_visible(i0 + r, Tk, offset, causal) - j0, 0):] = -np.inf   # the mask
+            for j in range(BC):
+                prow[j] = exp_le0(prow[j] - lse[i0 + r])
+                dsrow[j] = prow[j] * (dsrow[j] - D[i0 + r])
+        for g in range(0, BR, MR):
+            gemm6(ds2[g:g + MR], kp[j0:j0 + BC], dqt[g * HSMAX:], HSMAX, HSP, BC)
+        for r in range(BR):
+            dqrow, dtrow = dqp[i0 + r], dqt[r * HSMAX:r * HSMAX + HSP]
+            for d in range(HSP):
+                dqrow[d] += dtrow[d]
+        for g in range(0, BC, MR):   # dv += p^T dout and dk += ds^T (scale q), MR keys at a time
+            gemm6(p.T[g:g + MR], dop[i0:i0 + BR], dvt[g * HSMAX:], HSMAX, HSP, BR)
+            gemm6(ds2.T[g:g + MR], qp[i0:i0 + BR], dkt[g * HSMAX:], HSMAX, HSP, BR)
+    for r in range(min(BC, Tk - j0)):
+        for d in range(dk.shape[1]):
+            dk[j0 + r, d] = dkt[r * HSMAX + d]
+            dv[j0 + r, d] = dvt[r * HSMAX + d]
