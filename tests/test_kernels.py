@@ -13,7 +13,6 @@ from hypothesis import given, settings, strategies as st
 from tinygpt import kernels
 from tinygpt.kernels import jit, reference as ref
 
-EPS32 = float(np.finfo(np.float32).eps)
 DTYPES = [np.float32, np.float64]
 seeds = st.integers(0, 2**32 - 1)
 
@@ -60,14 +59,27 @@ def test_matmul_agrees(dtype, seed, M, K, N, batch, layout):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M,K,N", [(300, 333, 517), (1, 700, 1), (257, 1, 129), (64, 512, 48)])
-def test_matmul_larger_than_tiles(dtype, M, K, N):
+@pytest.mark.parametrize("layout", ["c", "a^T", "b^T"])
+@pytest.mark.parametrize("M,K,N", [(300, 333, 517), (1, 700, 1), (257, 1, 129), (70, 1024, 130)])
+def test_matmul_larger_than_tiles(dtype, layout, M, K, N):
+    # more than one panel group (N > 512) and K block (K > 512), K off the multiple of 4, edges
     rng = np.random.default_rng(M * K * N)
     a, b = rand(rng, (M, K), dtype), rand(rng, (K, N), dtype)
+    a, b = (non_contiguous(a), b) if layout == "a^T" else (a, non_contiguous(b)) if layout == "b^T" else (a, b)
     out = np.full((M, N), np.nan, dtype)
     c = jit.matmul(a, b, out=out)
     assert c is out
     close(c, a @ b, dtype, k=K, scale=np.sqrt(K))
+
+
+def test_matmul_batched_transposed_and_out_views():
+    rng = np.random.default_rng(1)
+    a, b = rand(rng, (3, 40, 70), np.float32), rand(rng, (3, 50, 70), np.float32)
+    bt = b.swapaxes(1, 2)                       # (3, 70, 50) transposed view
+    out = np.zeros((3, 50, 40), np.float32).swapaxes(1, 2)   # a non-contiguous `out`
+    c = jit.matmul(a, bt, out=out)
+    assert c is out
+    close(c, a @ bt, np.float32, k=70, scale=np.sqrt(70))
 
 
 def test_matmul_rejects_bad_shapes():
@@ -105,6 +117,19 @@ def test_softmax_agrees(dtype, seed, rows, Tq, extra, scale, causal, big, contig
     # backward: sum(dy * y) over Tk terms, then one product; scale by max|dy| since dx ~ y * dy
     close(jit.softmax_backward(y, dy, scale), ref.softmax_backward(y, dy, scale), dtype,
           k=4 + x.shape[-1], scale=scale * np.abs(dy).max())  # y is given: no exp here
+
+
+@pytest.mark.parametrize("m", [ref, jit], ids=["numpy", "numba"])
+def test_extreme_logits_give_no_nan(m):
+    x = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [3e4, 3e4, -3e4]], np.float32)
+    y = m.softmax_forward(x)
+    assert np.all(np.isfinite(y)) and np.allclose(y.sum(-1), 1)
+    np.testing.assert_allclose(y[0], [1, 0, 0]) and np.testing.assert_allclose(y[2], [0.5, 0.5, 0])
+    losses, lse = m.cross_entropy_forward(x, np.array([1, 0, 2]))
+    # lse sits near 1e4 in float32, whose spacing there is ~1e-3: absolute tolerance 4e-3
+    np.testing.assert_allclose(losses, [2e4, np.log(3), 6e4 + np.log(2)], rtol=1e-6, atol=4e-3)
+    d = m.cross_entropy_backward(x, np.array([1, 0, 2]), lse, np.ones(3, np.float32))
+    assert np.all(np.isfinite(d))
 
 
 def test_softmax_rejects_bad_inputs():
@@ -226,7 +251,8 @@ def test_adamw_agrees(dtype, seed, n, wd, lr):
 
 def test_adamw_twice_on_one_buffer_and_bad_inputs():
     # callers update decayed and non-decayed parameters as two slices of one flat buffer
-    p, g, m, v = np.ones(6, np.float32), np.full(6, 0.5, np.float32), np.zeros(6, np.float32), np.zeros(6, np.float32)
+    p, g = np.ones(6, np.float32), np.full(6, 0.5, np.float32)
+    m, v = np.zeros(6, np.float32), np.zeros(6, np.float32)
     ps = [p.copy(), p.copy()]
     for mod, q in zip((ref, jit), ps):
         mm, vv = m.copy(), v.copy()
@@ -236,7 +262,8 @@ def test_adamw_twice_on_one_buffer_and_bad_inputs():
     np.testing.assert_allclose(ps[0], [1 - 0.01 - 0.1] * 4 + [1 - 0.1] * 2, rtol=1e-5)
     for mod in (ref, jit):
         with pytest.raises(ValueError, match="contiguous 1-D"):
-            mod.adamw_step(np.ones((2, 3)), np.ones((2, 3)), np.zeros((2, 3)), np.zeros((2, 3)), 0.1, 0.9, 0.95, 1e-8, 0, 1)
+            mod.adamw_step(np.ones((2, 3)), np.ones((2, 3)), np.zeros((2, 3)), np.zeros((2, 3)),
+                           0.1, 0.9, 0.95, 1e-8, 0, 1)
         with pytest.raises(ValueError, match="must match"):
             mod.adamw_step(np.ones(3), np.ones(4), np.zeros(3), np.zeros(3), 0.1, 0.9, 0.95, 1e-8, 0, 1)
 
@@ -299,6 +326,26 @@ def test_attention_agrees(dtype, seed, B, nh, Tq, extra, hs, causal, layout, big
         close(g, w, dtype, k=(4 + hs + Tk) * size, scale=np.abs(w).max() + 1.0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Tq,Tk,hs,causal", [(1, 1, 4, True), (1, 9, 8, True), (1, 9, 8, False), (5, 5, 1, True),
+                                             (13, 13, 17, True), (50, 97, 24, False), (130, 130, 128, True),
+                                             (3, 3, 130, True)])
+def test_attention_edge_shapes(dtype, Tq, Tk, hs, causal):
+    # T = 1, a KV-cache step (Tq = 1 < Tk), head sizes off the tile (1, 17, 24), the stack limit
+    # (128), and beyond it (130: the NumPy fallback)
+    rng = np.random.default_rng(Tq * Tk * hs)
+    q, k, v, dout = rand(rng, (2, 3, Tq, hs), dtype), rand(rng, (2, 3, Tk, hs), dtype), \
+        rand(rng, (2, 3, Tk, hs), dtype), rand(rng, (2, 3, Tq, hs), dtype)
+    out, lse = jit.attention_forward(q, k, v, causal)
+    want_out, want_lse = ref.attention_forward(q, k, v, causal)
+    k_ = 4 + hs + Tk
+    close(out, want_out, dtype, k=k_, scale=1.0)
+    close(lse, want_lse, dtype, k=k_, scale=np.sqrt(hs))
+    for g, w in zip(jit.attention_backward(q, k, v, out, lse, dout, causal),
+                    ref.attention_backward(q, k, v, want_out, want_lse, dout, causal)):
+        close(g, w, dtype, k=k_, scale=np.abs(w).max() + 1.0)
+
+
 def test_attention_rejects_bad_shapes():
     q = np.zeros((1, 2, 4, 8))
     for m in (ref, jit):
@@ -356,6 +403,37 @@ def test_reference_backwards_match_finite_differences():
 def test_every_kernel_set_exports_the_contract():
     for name in kernels.NAMES:
         assert callable(getattr(ref, name)) and callable(getattr(jit, name))
+
+
+def test_compile_failure_falls_back_to_numpy(monkeypatch):
+    from numba.core.errors import TypingError
+
+    def broken(*args, **kwargs):
+        raise TypingError("simulated: this numba cannot compile the kernel")
+    before = kernels.backend
+    monkeypatch.setattr(jit, "gelu_forward", broken)
+    try:
+        kernels.use("numba")
+        with pytest.warns(RuntimeWarning, match="falling back to the NumPy kernels"):
+            y = kernels.gelu_forward(np.zeros(3))
+        np.testing.assert_array_equal(y, 0)
+        assert kernels.backend == "numpy" and kernels.softmax_forward is ref.softmax_forward
+    finally:
+        monkeypatch.undo()
+        kernels.use(before or "numba")
+
+
+def test_missing_numba_falls_back_to_numpy(monkeypatch):
+    import sys
+    before = kernels.backend
+    monkeypatch.setitem(sys.modules, "tinygpt.kernels.jit", None)  # `import` of it now fails
+    monkeypatch.delattr(kernels, "jit")
+    try:
+        with pytest.warns(RuntimeWarning, match="numba kernels unavailable"):
+            assert kernels.use("numba") == "numpy"
+    finally:
+        monkeypatch.undo()
+        kernels.use(before or "numba")
 
 
 def test_use_switches_and_rejects_unknown(monkeypatch):

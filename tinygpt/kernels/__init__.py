@@ -7,7 +7,9 @@ Two sets of kernels share the same names and signatures:
 - `jit.py`: numba-jitted versions of the same functions, for speed.
 
 `TINYGPT_KERNELS=numba|numpy` picks the set (default numba). If numba cannot be imported, or a
-numba kernel fails to compile, we fall back to NumPy with a single warning instead of crashing.
+numba kernel fails to compile, we fall back to NumPy with a single warning instead of crashing:
+with numba, each kernel name here is the jit function wrapped in a guard that catches numba's
+compile errors on the call that triggers the compile (`_or_numpy`).
 
 subtle: nothing is imported or compiled here at `import tinygpt` time. The set is resolved on the
 first kernel call (module `__getattr__`, PEP 562), so importing tinygpt stays fast and numba's
@@ -27,6 +29,7 @@ The contract (all arrays are NumPy arrays; float32 in training, float64 accepted
     cross_entropy_forward(logits, targets, ignore_index=-100) -> (losses, lse)   logits:(N,C)
     cross_entropy_backward(logits, targets, lse, dlosses, ignore_index=-100) -> dlogits
     adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None  (in place)
+    prefer_blas(M, K, N) -> bool: True where np.matmul should be used instead of `matmul`
 
 Attention scale is 1/sqrt(hs). With `causal`, query i may see key j when j <= i + (Tk - Tq)
 (bottom-right alignment, so a KV-cache step with Tq=1 sees every cached key).
@@ -42,6 +45,7 @@ NAMES = (
     "gelu_forward", "gelu_backward",
     "cross_entropy_forward", "cross_entropy_backward",
     "adamw_step",
+    "prefer_blas",
 )
 
 backend = None  # "numba" or "numpy", set on first use (or by `use`)
@@ -56,6 +60,7 @@ def use(name):
     if name == "numba":
         try:
             from . import jit as module
+            _set_numba_threads()
         except Exception as e:  # numba missing or broken: fall back, once, loudly
             warnings.warn(f"numba kernels unavailable ({e!r}); falling back to NumPy", RuntimeWarning)
             name = "numpy"
@@ -63,9 +68,41 @@ def use(name):
         from . import reference as module
     g = globals()
     for fn in NAMES:
-        g[fn] = getattr(module, fn)
+        g[fn] = _or_numpy(fn, getattr(module, fn)) if name == "numba" else getattr(module, fn)
     backend = name
     return name
+
+
+def _set_numba_threads():
+    """Numba's own threads: TINYGPT_NUM_THREADS, default 1.
+
+    subtle: measured on a 2-core machine (benchmarks/bench_train.py), numba kernels on 2 threads
+    beside OpenBLAS's 2 threads made a training step 3.5x slower on the baby config and 1.6x on
+    char10m than numba on 1 thread: the two thread pools oversubscribe the cores and each
+    parallel region waits for a descheduled worker. The big products go to OpenBLAS, which keeps
+    its threads; the fused kernels are memory-bound passes that gain little from a second core.
+    """
+    import numba
+    n = int(os.environ.get("TINYGPT_NUM_THREADS", "1"))
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+def _or_numpy(name, kernel):
+    """`kernel`, except that if numba fails to compile it, every kernel switches to NumPy (one
+    warning) and this call is answered by NumPy's version."""
+    from numba.core.errors import NumbaError
+
+    def guarded(*args, **kwargs):
+        try:
+            return kernel(*args, **kwargs)
+        except NumbaError as e:  # typing or lowering failed: a numba or LLVM version we don't know
+            warnings.warn(f"numba could not compile {name} ({type(e).__name__}: {str(e)[:300]}); "
+                          f"falling back to the NumPy kernels", RuntimeWarning)
+            use("numpy")
+            return globals()[name](*args, **kwargs)
+    guarded.__name__ = guarded.__qualname__ = name
+    guarded.__doc__, guarded.__wrapped__ = kernel.__doc__, kernel
+    return guarded
 
 
 def __getattr__(attr):

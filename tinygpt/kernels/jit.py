@@ -15,16 +15,17 @@ Compile options used throughout:
 - `error_model="numpy"`: x / 0 gives inf like NumPy instead of raising, which also removes the
   zero check that would stop LLVM from vectorizing a loop with a division.
 - `fastmath=FMA`: a*b + c may be fused into one FMA instruction (rounded once: never less exact).
-- `fastmath=SUM` only where a loop is a plain sum: it lets LLVM reorder the additions to use
-  SIMD lanes (changes rounding by about n * eps, well inside float32 tolerances and ~1e-14 in
-  float64). subtle: never on code that calls exp_le0, whose range reduction relies on the order
-  of its operations; such kernels sum through the separate `row_sum` helper instead.
+- `fastmath=SUM` (FMA + `reassoc`) only in layer norm, whose loops are plain sums: it lets LLVM
+  reorder the additions across SIMD lanes (rounding changes by ~n eps: inside float32
+  tolerances, ~1e-14 in float64). subtle: never on code that calls exp_le0, whose range
+  reduction relies on the order of its operations; those kernels reduce rows with
+  jit_math's row_max / row_sum / row_dot, which vectorize without `reassoc`.
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
 
 from . import reference as ref
-from .jit_math import exp_le0, row_dot, row_max, row_sum, tanh
+from .jit_math import exp_le0, row_dot, row_max, row_sum, sigmoid_pair
 from .jit_matmul import matmul, prefer_blas
 from .jit_attention import attention_backward, attention_forward
 
@@ -71,7 +72,8 @@ def _softmax_rows(x, scale, Tq, offset):  # x (R, C) -> y (R, C)
 def softmax_backward(y, dy, scale=1.0):
     y, dy = ref.check_same("softmax_backward", y, dy)
     C = y.shape[-1]
-    return _softmax_backward_rows(_c(y).reshape(-1, C), _c(dy).reshape(-1, C), y.dtype.type(scale)).reshape(y.shape)
+    dx = _softmax_backward_rows(_c(y).reshape(-1, C), _c(dy).reshape(-1, C), y.dtype.type(scale))
+    return dx.reshape(y.shape)
 
 
 @njit(parallel=True, **KERNEL)
@@ -137,8 +139,9 @@ def _layer_norm_backward_rows(dy, x, w, mean, rstd, nchunks):
                 dx[r, j] = rs * (dy[r, j] * w[j] - g_mean - xhat * gx_mean)
                 partial[c, 0, j] += dy[r, j] * xhat
                 partial[c, 1, j] += dy[r, j]
-    sums = partial.sum(axis=0)
-    return dx, sums[0], sums[1]
+    for c in range(1, nchunks):   # (a loop, not partial.sum(axis=0): that compiles for seconds)
+        partial[0] += partial[c]
+    return dx, partial[0, 0], partial[0, 1]
 
 
 # ---------------------------------------------------------------------------------------- gelu
@@ -149,12 +152,15 @@ def gelu_forward(x):
 
 
 @njit(parallel=True, **KERNEL)
-def _gelu(x, c):  # y = 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
+def _gelu(x, c):
+    # y = 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = c (x + 0.044715 x^3). subtle: not the tanh
+    # form: for x < -4, 1 + tanh(u) cancels, leaving a few correct digits (none below x = -9)
     y = np.empty_like(x)
-    k, half, one = x.dtype.type(0.044715), x.dtype.type(0.5), x.dtype.type(1)
+    k = x.dtype.type(0.044715)
     for i in prange(x.shape[0]):
         xi = x[i]
-        y[i] = half * xi * (one + tanh(c * (xi + k * xi * xi * xi)))
+        u = c * (xi + k * xi * xi * xi)
+        y[i] = xi * sigmoid_pair(u + u)[0]
     return y
 
 
@@ -164,13 +170,16 @@ def gelu_backward(x, dy):
 
 
 @njit(parallel=True, **KERNEL)
-def _gelu_backward(x, dy, c):  # dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2))
+def _gelu_backward(x, dy, c):
+    # with s = sigmoid(2u): dy/dx = s + x * 2 s (1 - s) * du/dx, du/dx = c (1 + 3 * 0.044715 x^2)
+    # (the same as 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx with t = tanh u, without the cancellation)
     dx = np.empty_like(x)
-    k, k3, half, one = x.dtype.type(0.044715), x.dtype.type(3 * 0.044715), x.dtype.type(0.5), x.dtype.type(1)
+    k, k3, one = x.dtype.type(0.044715), x.dtype.type(3 * 0.044715), x.dtype.type(1)
     for i in prange(x.shape[0]):
         xi = x[i]
-        t = tanh(c * (xi + k * xi * xi * xi))
-        dx[i] = dy[i] * (half * (one + t) + half * xi * (one - t * t) * c * (one + k3 * xi * xi))
+        u = c * (xi + k * xi * xi * xi)
+        s, s_minus = sigmoid_pair(u + u)
+        dx[i] = dy[i] * (s + (xi + xi) * s * s_minus * c * (one + k3 * xi * xi))
     return dx
 
 

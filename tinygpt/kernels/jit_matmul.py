@@ -2,26 +2,33 @@
 
 The shape of the algorithm is the classic one of BLAS libraries (Goto's, BLIS), simplified:
 
-1. Pack B once into panels of NB columns: panel p is the (K, NB) block B[:, p*NB:(p+1)*NB],
+1. Pack B once into panels of NB = 64 columns: panel p is the (K, NB) block B[:, p*NB:(p+1)*NB],
    contiguous and zero-padded, so the inner loop reads it with unit stride.
-2. Split the rows of C across cores (prange). For each block of MR = 4 rows, pack those rows
-   of A (K, MR) and compute the (MR, NB) tile of C against each panel in turn.
-3. The tile kernel (`_tile`) is where the time goes. It walks K four steps at a time; for each
-   step it loads a 4x4 block of A into sixteen scalars (`a00`..`a33`) and then sweeps the NB
-   columns, doing 16 multiply-adds per column:
+2. Split the rows of C across cores (prange). For each block of MR = 6 rows of A (read in
+   place; packed with zero padding only at the edges), compute the (MR, NB) tile of C against
+   each panel in turn.
+3. The micro-kernel (`gemm6`) is where the time goes. It walks K four steps at a time; for each
+   step it loads a 6 x 4 block of A into 24 scalars (`a00`..`a53`), then sweeps the NB columns:
 
        c[r, j] += a[r, k] b[k, j] + a[r, k+1] b[k+1, j] + a[r, k+2] b[k+2, j] + a[r, k+3] b[k+3, j]
 
-   LLVM vectorizes the sweep along j (16 float32 lanes per AVX-512 register) and keeps the
-   sixteen A values in registers as broadcasts: per 16 columns it does 16 vector FMAs for 4
-   loads of B and 4 loads + 4 stores of the C tile. The tile lives in a stack array
-   (`stack_empty`), so LLVM can prove it does not overlap B and needs no runtime checks.
+   LLVM vectorizes the sweep along j (16 float32 lanes per AVX-512 register) and keeps the 24
+   A values in registers as broadcasts: per 16 columns, 24 vector FMAs for 4 loads of B and
+   6 loads + 6 stores of the C tile, which stays in L1. Six rows by four steps measured best
+   (4 x 4 and 8 x 2 are 10-40% slower: fewer FMAs per load, or more C traffic). The tile lives
+   in a stack array (`stack_empty`), so LLVM proves it does not overlap B: no runtime checks.
 
-Zero padding does all the edge handling: A's last row block, B's last panel and K are padded
-to multiples of MR, NB and KU with zeros, so there is a single code path, and only the valid
-part of a tile is written back. Transposed inputs (views such as `w.T`) are read in the packing
-step, so they cost nothing extra. What this module leaves out: BLAS's hand-written assembly,
-prefetching, and a K-blocking level (K is at most a few thousand in a GPT of this size).
+Cache blocking: B is packed NC = 8 panels (512 columns) at a time, and for K > KC = 512 the
+product is summed over K blocks, so the panels in use (KC x 512 floats, 1 MB) stay in L2 while
+the rows of A stream past; one 6-row block of A (KC x 6) sits in L1.
+
+Zero padding does the edge handling: B's last panel and K are padded to multiples of NB and KU
+with zeros, A's last row block is packed with zeros, and only the valid part of a tile is written
+back. Transposed inputs (views such as `w.T`) are read through their strides while packing B or
+loading A's scalars, so they cost no copy. jit_attention.py runs `gemm6` on its blocks too.
+Single-threaded this reaches 65-100% of OpenBLAS (bench_kernels.py has the 2-core figures).
+What it leaves out: BLAS's hand-written assembly and prefetching, packing A, and keeping the C
+tile in registers (LLVM keeps it in L1: fast enough, see above).
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
@@ -30,8 +37,9 @@ from . import reference as ref
 from .jit_math import stack_empty
 
 MR, KU, NB = 6, 4, 64     # tile rows, K steps per sweep, tile columns (4 AVX-512 registers of float32)
-TILE = MR * NB
-NC = 8                    # panels (NC * NB columns of B) kept hot in L2 while A streams past them
+TMAX = 128                # widest block gemm6_into computes
+TILE, T_TILE = MR * NB, MR * TMAX
+NC, KC = 8, 512          # panels packed at a time, and the K block: NC panels of KC rows are 1 MB (L2)
 SUM = {"contract", "reassoc"}  # FMAs, and sums in any order (float32 tolerance: ~K eps)
 KERNEL = dict(cache=True, error_model="numpy", fastmath=SUM)
 
@@ -52,8 +60,18 @@ def matmul(a, b, out=None):
 
 
 def prefer_blas(M, K, N):
-    """True where np.matmul (OpenBLAS) beats `matmul` on this machine; see bench_kernels.py."""
-    return False
+    """Whether np.matmul (OpenBLAS) should do this (M, K) @ (K, N) product instead of `matmul`.
+
+    OpenBLAS is faster at every shape (its kernels are hand-written assembly): 1.05-1.3x at the
+    products of a big batch (M >= 768 rows), 1.5-2x at M = 128, where packing B costs more than
+    the product saves, 2-10x below 64 rows, and ~2x when N is just over a multiple of the 64-wide
+    tile, mostly padding (N = 65, a character vocabulary). bench_kernels.py prints these. But
+    after each call OpenBLAS's worker threads spin for up to ~0.1 s, and on a 2-core machine the
+    next parallel numba kernel then runs several times slower (export OPENBLAS_THREAD_TIMEOUT=4
+    before starting Python to stop that). So: BLAS only where numba is far behind.
+    """
+    padding = -N % NB / N   # fraction of the tile columns that are zero padding
+    return M < 64 or N < 48 or padding > 0.3 or M * K * N < 1 << 18
 
 
 def _rows(x):
@@ -73,18 +91,26 @@ def _matmul(a, ta, b, tb, c, nthreads):
     K = a.shape[1] if ta else a.shape[2]
     K4 = (K + KU - 1) // KU * KU
     npanels, mblocks = (N + NB - 1) // NB, (M + MR - 1) // MR
-    bp = np.empty((nbatch, npanels, K4, NB), c.dtype)   # packed B, one (K4, NB) panel at a time
-    for t in prange(nbatch * npanels):
-        _pack_b(b[t // npanels], tb, (t % npanels) * NB, bp[t // npanels, t % npanels])
     items = nbatch * mblocks                              # (batch, block of MR rows) pairs
+    bp = np.empty((nbatch, NC, K4, NB), c.dtype)          # packed B: one group of NC panels
     for p0 in range(0, npanels, NC):                      # a group of panels stays in L2 ...
-        for t in prange(nthreads):                        # ... while each core streams its rows
-            ap = np.empty((K4, MR), c.dtype)
-            for item in range(t * items // nthreads, (t + 1) * items // nthreads):
-                bi, i0 = item // mblocks, (item % mblocks) * MR
-                _pack_a(a[bi], ta, i0, ap)
-                for p in range(p0, min(p0 + NC, npanels)):
-                    _tile(ap, bp[bi, p], c[bi], i0, p * NB)
+        group = min(NC, npanels - p0)
+        for t in prange(nbatch * group):
+            _pack_b(b[t // group], tb, (p0 + t % group) * NB, bp[t // group, t % group])
+        for t in prange(nthreads):                        # ... while each core does its rows
+            ap = np.empty((KC, MR), c.dtype)
+            for k0 in range(0, K4, KC):                   # K blocks, for large K only
+                kc = min(KC, K4 - k0)
+                for item in range(t * items // nthreads, (t + 1) * items // nthreads):
+                    bi, i0 = item // mblocks, (item % mblocks) * MR
+                    if K == K4 and i0 + MR <= M:          # a whole block of A: read it in place
+                        for p in range(group):
+                            blk = a[bi, k0:k0 + kc, i0:i0 + MR].T if ta else a[bi, i0:i0 + MR, k0:k0 + kc]
+                            _tile(blk, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, k0 > 0)
+                    else:                                 # an edge: pack it, zero-padded
+                        _pack_a(a[bi], ta, i0, k0, ap[:kc])
+                        for p in range(group):
+                            _tile(ap[:kc].T, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, k0 > 0)
 
 
 @njit(**KERNEL)
@@ -92,7 +118,9 @@ def _pack_b(b, transposed, j0, panel):
     """panel[k, j] = B[k, j0 + j], zero outside B. b is B, or B^T (N, K) if `transposed`."""
     K, N = (b.shape[1], b.shape[0]) if transposed else (b.shape[0], b.shape[1])
     nr = min(NB, N - j0)
-    panel[:] = 0
+    panel[K:] = 0              # the padding only: zeroing the whole panel would double the stores
+    if nr < NB:
+        panel[:, nr:] = 0
     if transposed:
         for j in range(nr):
             for k in range(K):
@@ -104,26 +132,53 @@ def _pack_b(b, transposed, j0, panel):
 
 
 @njit(**KERNEL)
-def _pack_a(a, transposed, i0, ap):
-    """ap[k, r] = A[i0 + r, k], zero outside A. a is A, or A^T (K, M) if `transposed`."""
+def _pack_a(a, transposed, i0, k0, ap):
+    """ap[k, r] = A[i0 + r, k0 + k], zero outside A. a is A, or A^T (K, M) if `transposed`."""
     K, M = (a.shape[0], a.shape[1]) if transposed else (a.shape[1], a.shape[0])
-    mr = min(MR, M - i0)
+    mr, kc = min(MR, M - i0), min(ap.shape[0], K - k0)
     ap[:] = 0
     for r in range(mr):
-        for k in range(K):
-            ap[k, r] = a[k, i0 + r] if transposed else a[i0 + r, k]
+        for k in range(kc):
+            ap[k, r] = a[k0 + k, i0 + r] if transposed else a[i0 + r, k0 + k]
 
 
 @njit(**KERNEL)
-def _tile(ap, panel, c, i0, j0):
-    """c[i0:i0+MR, j0:j0+NB] = A rows (packed in ap) @ panel, writing only the part inside c."""
+def _tile(a, panel, c, i0, j0, accumulate):
+    """c[i0:i0+MR, j0:j0+NB] (+)= a (MR, kc) @ panel (kc, NB), writing only the part inside c."""
     ct = stack_empty(TILE, c.dtype)  # the (MR, NB) tile, row r at ct[r*NB : (r+1)*NB]
     ct[:] = 0
-    gemm6(ap.T, panel, ct, NB, NB, ap.shape[0])
+    gemm6(a, panel, ct, NB, NB, panel.shape[0])
     M, N = c.shape
     for r in range(min(MR, M - i0)):
-        for j in range(min(NB, N - j0)):
-            c[i0 + r, j0 + j] = ct[r * NB + j]
+        crow, trow = c[i0 + r, j0:], ct[r * NB:(r + 1) * NB]
+        if accumulate:
+            for j in range(min(NB, N - j0)):
+                crow[j] += trow[j]
+        else:
+            for j in range(min(NB, N - j0)):
+                crow[j] = trow[j]
+
+
+@njit(**KERNEL)
+def gemm6_into(a, b, n, kk, c, accumulate):
+    """c[:MR, :n] = a[:MR, :kk] @ b[:kk, :n] (or +=, if `accumulate`), for any 2-D c; only the
+    part of that block that lies inside c is written. n <= TMAX, kk a multiple of KU.
+
+    The form attention uses: it is not inlined, so its ten call sites share one compiled copy
+    (compiling ten inlined copies took most of a minute). It runs `gemm6` into its own stack
+    tile, then writes the tile out.
+    """
+    t = stack_empty(T_TILE, c.dtype)  # (MR, TMAX), row r at t[r*TMAX:]
+    t[:] = 0
+    gemm6(a, b, t, TMAX, n, kk)
+    for r in range(min(MR, c.shape[0])):
+        crow, trow = c[r], t[r * TMAX:(r + 1) * TMAX]
+        if accumulate:
+            for j in range(min(n, c.shape[1])):
+                crow[j] += trow[j]
+        else:
+            for j in range(min(n, c.shape[1])):
+                crow[j] = trow[j]
 
 
 @njit(inline="always", **KERNEL)

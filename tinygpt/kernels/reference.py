@@ -25,6 +25,11 @@ def matmul(a, b, out=None):
     return np.matmul(a, b, out=out)
 
 
+def prefer_blas(M, K, N):
+    """Whether callers should use np.matmul for an (M, K) @ (K, N) product: here `matmul` is it."""
+    return True
+
+
 # ---------------------------------------------------------------------------------------- softmax
 
 def causal_mask(Tq, Tk):
@@ -120,7 +125,8 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
 def gelu_forward(x):
     """y = 0.5 x (1 + tanh(C (x + 0.044715 x^3))), C = sqrt(2 / pi)."""
     x = check_float("gelu_forward", x)
-    return 0.5 * x * (1.0 + np.tanh(x.dtype.type(GELU_C) * (x + 0.044715 * x * x * x)))  # x*x*x: x**3 calls pow, 100x slower
+    # x * x * x, not x**3: that calls pow, 100x slower
+    return 0.5 * x * (1.0 + np.tanh(x.dtype.type(GELU_C) * (x + 0.044715 * x * x * x)))
 
 
 def gelu_backward(x, dy):
@@ -224,6 +230,8 @@ def check_attention(q, k, v, causal):
     if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(f"attention expects q (B, nh, Tq, hs) and k, v (B, nh, Tk, hs); "
                          f"got q {q.shape}, k {k.shape}, v {v.shape}")
+    if k.shape[2] == 0:
+        raise ValueError(f"attention needs at least one key, got k {k.shape}")
     if causal and k.shape[2] < q.shape[2]:  # else the first queries would see no key at all
         raise ValueError(f"causal attention needs Tk >= Tq, got Tq={q.shape[2]}, Tk={k.shape[2]}")
     return q, k, v
@@ -285,7 +293,8 @@ def check_cross_entropy(logits, targets, ignore_index):
 def check_adamw(param, grad, m, v, step):
     param = check_float("adamw_step", param)
     for name, a in (("param", param), ("m", m), ("v", v)):
-        if not isinstance(a, np.ndarray) or a.shape != param.shape or a.ndim != 1 or a.dtype != param.dtype or not a.flags.c_contiguous or not a.flags.writeable:
+        flat = isinstance(a, np.ndarray) and a.ndim == 1 and a.shape == param.shape
+        if not (flat and a.dtype == param.dtype and a.flags.c_contiguous and a.flags.writeable):
             raise ValueError(f"adamw_step updates flat buffers in place: {name} must be a writeable, "
                              f"contiguous 1-D {param.dtype} array, got shape {np.shape(a)} {np.asarray(a).dtype}")
     if step < 1:
