@@ -10,7 +10,8 @@ warm-up steps are excluded and the median is reported.
     python benchmarks/bench_train.py --json out.json
 
 Peak memory is measured per engine in a child process (VmHWM minus the RSS before the model was
-built), because one process holding both engines cannot tell their allocations apart.
+built, after a warm-up step on a tiny model so that loading either engine's code is not counted),
+because one process holding both engines cannot tell their allocations apart.
 """
 import argparse
 import json
@@ -145,7 +146,7 @@ def batches(cfg, n, seed=1):
 
 
 # ---- timing -----------------------------------------------------------------------------------------
-def time_config(name, warmup, iters, with_torch):
+def time_config(name, warmup, iters, with_torch, pause=0.2):
     cfg = CONFIGS[name]
     model, tg_step = build_tinygpt(cfg)
     engines = {"tinygpt": tg_step}
@@ -155,6 +156,11 @@ def time_config(name, warmup, iters, with_torch):
     times, losses = defaultdict(list), defaultdict(list)
     for i, (x, y) in enumerate(data):
         for engine, step in engines.items():  # interleaved: A B A B ...
+            # subtle: after a step, each engine's worker threads (OpenBLAS's, PyTorch's OpenMP)
+            # spin for up to ~0.1 s waiting for more work. Measured here, that spinning slowed the
+            # *other* engine's next step by up to 2x on 2 cores. The pause lets them go idle, so
+            # each step is timed on a quiet machine.
+            time.sleep(pause)
             t0 = time.perf_counter()
             losses[engine].append(step(x, y))
             if i >= warmup:
@@ -177,9 +183,18 @@ def rss(key):
     for line in open('/proc/self/status'):
         if line.startswith(key): return int(line.split()[1]) / 1024
 cfg = b.CONFIGS[{name!r}]
-import tinygpt.model, tinygpt.optim
+import tinygpt.model, tinygpt.optim, tinygpt.runtime
+tinygpt.runtime.keep_freed_memory()
 {'import torch' if engine == 'torch' else ''}
 data = b.batches(cfg, {steps})
+# warm up on a tiny model first, so that loading the engine's code (numba's compiled kernels,
+# PyTorch's CPU backends) is not counted: the figure is what training this model adds
+tiny = dict(cfg, n_layer=1, n_head=1, n_embd=8, block_size=4, batch_size=2, vocab_size=7)
+model, step = b.build_tinygpt(tiny)
+if {engine!r} == 'torch':
+    model, step = b.build_torch(tiny, model.state_dict())
+for x, y in b.batches(tiny, 2): step(x, y)
+del model, step
 base = rss('VmRSS')
 model, step = b.build_tinygpt(cfg)
 if {engine!r} == 'torch':
@@ -213,7 +228,8 @@ def profile_tinygpt(name, iters=10):
             out = fn(*args, **kwargs)
             fwd[op] += time.perf_counter() - t0
             for o in (out if isinstance(out, (list, tuple)) else [out]):
-                if isinstance(o, T.Tensor) and o._backward is not None:
+                # (an op that returns its input unchanged, like dropout with p = 0, made nothing)
+                if isinstance(o, T.Tensor) and o._backward is not None and not any(o is a for a in args):
                     o._backward = timed_backward(o._backward, op)
             return out
         return wrapper
@@ -237,7 +253,7 @@ def profile_tinygpt(name, iters=10):
     for obj, names in ((T.Tensor, ["__add__", "__radd__", "__sub__", "__mul__", "__rmul__", "__truediv__",
                                     "__matmul__", "__getitem__", "reshape", "permute", "transpose", "split",
                                     "sum", "mean", "exp", "log", "tanh", "masked_fill"]),
-                       (F, ["softmax", "log_softmax", "cross_entropy", "layer_norm", "gelu", "dropout",
+                       (F, ["linear", "softmax", "log_softmax", "cross_entropy", "layer_norm", "gelu", "dropout",
                             "embedding", "scaled_dot_product_attention"])):
         for n in names:
             if hasattr(obj, n):
@@ -255,8 +271,8 @@ def profile_tinygpt(name, iters=10):
     finally:
         for obj, n, fn in reversed(patched):
             setattr(obj, n, fn)
-    # subtle: matmul inside Tensor.__matmul__ calls np.matmul directly unless the kernels module
-    # is used, so its time shows under the op, not under a kernel; the table says which.
+    # subtle: `linear` and Tensor.__matmul__ call np.matmul (OpenBLAS) directly, so that time shows
+    # under the op, not under a kernel.
     per = 1000 / iters
     print(f"\nprofile of tinygpt, config {name}: {total * per:.1f} ms/iter over {iters} iters")
     print(f"{'op':<30}{'fwd ms':>10}{'bwd ms':>10}")
@@ -275,7 +291,9 @@ def profile_tinygpt(name, iters=10):
 # ---- the main job's config, trained for real by both engines ------------------------------------------
 def shakespeare(iters, eval_batches=20, log=print):
     """Train examples/train_shakespeare.py's default config (char-level, bias=False, warmup + cosine,
-    clip 1.0) with both engines on the same batches, interleaved; report wall time and final losses."""
+    clip 1.0) with both engines on the same batches, one engine after the other (not interleaved:
+    back-to-back steps, as in a real run, with no other engine's threads spinning in between);
+    report wall time and final losses."""
     from tinygpt.data import TokenDataset, find_text, read_text
     from tinygpt.optim import get_lr
     from tinygpt.tokenizer import CharTokenizer
@@ -290,16 +308,15 @@ def shakespeare(iters, eval_batches=20, log=print):
     except ImportError:
         pass
     rng = np.random.default_rng(1337)
+    data = [ds.get_batch("train", cfg["batch_size"], cfg["block_size"], rng) for _ in range(iters)]
     wall = defaultdict(float)
-    for it in range(iters):
-        x, y = ds.get_batch("train", cfg["batch_size"], cfg["block_size"], rng)
-        lr = get_lr(it, LR, 1e-4, 100, iters)
-        for engine, step in engines.items():
+    for engine, step in engines.items():
+        for it, (x, y) in enumerate(data):
             t0 = time.perf_counter()
-            loss = step(x, y, lr=lr, clip=1.0)
+            loss = step(x, y, lr=get_lr(it, LR, 1e-4, 100, iters), clip=1.0)
             wall[engine] += time.perf_counter() - t0
-        if it % 250 == 0 or it == iters - 1:
-            log(f"iter {it}: " + ", ".join(f"{e} {wall[e]:.1f}s" for e in engines) + f", last tinygpt loss {loss:.3f}")
+            if it % 250 == 0 or it == iters - 1:
+                log(f"{engine} iter {it}: {wall[engine]:.1f}s, loss {loss:.3f}")
     out = {}
     for engine, step in engines.items():
         losses = {}
@@ -316,9 +333,12 @@ def shakespeare(iters, eval_batches=20, log=print):
 
 
 def main(argv=None):
+    from tinygpt.runtime import keep_freed_memory
+    keep_freed_memory()  # for both engines alike: PyTorch allocates through the same malloc
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--pause", type=float, default=0.2, help="seconds of idle before each timed step (see time_config)")
     p.add_argument("--iters", type=int, default=None, help="timed steps (default: 30 baby, 8 char10m, 5 gpt2s)")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--no-memory", action="store_true")
@@ -350,7 +370,7 @@ def main(argv=None):
     header = f"{'config':<9}{'engine':<9}{'ms/iter':>10}{'tokens/s':>10}{'peak MB':>9}{'loss0':>8}{'ratio':>7}"
     rows = []
     for name in args.config:
-        r = time_config(name, args.warmup, args.iters or default_iters[name], with_torch)
+        r = time_config(name, args.warmup, args.iters or default_iters[name], with_torch, args.pause)
         if not args.no_memory:
             for engine in r:
                 r[engine]["peak_mb"] = peak_memory_mb(name, engine)

@@ -49,6 +49,7 @@ from tinygpt.finetune import (GPTClassifier, accuracy, batches, count_params, en
                               pad_batch, parse_config, set_trainable, split, train_step)
 from tinygpt.lora import LORA_PATTERNS, apply_lora, merged_state_dict
 from tinygpt.optim import AdamW
+from tinygpt.runtime import keep_freed_memory
 
 CLASSES = ("Shakespeare", "Wharton")
 SPEAKER = re.compile(r"([A-Z][\w']*\s?){1,4}:")  # "ROMEO:", "First Citizen:", "KING RICHARD III:"
@@ -133,6 +134,7 @@ def build_model(cfg, log=print):
 
 def main(argv=None):
     cfg = parse_config(ClassifierConfig, argv, description=__doc__.split("\n")[0])
+    keep_freed_memory()  # reuse freed activation memory step after step (tinygpt/runtime.py)
     functional.manual_seed(cfg.seed)
     try:
         texts, labels = load_lines(cfg)

@@ -56,6 +56,7 @@ from tinygpt.finetune import (batches, collate, count_params, encode_known, ensu
 from tinygpt.lora import LORA_PATTERNS, apply_lora, merge_lora, merged_state_dict
 from tinygpt.model import GPT
 from tinygpt.optim import AdamW
+from tinygpt.runtime import keep_freed_memory
 from tinygpt.tokenizer import BPETokenizer
 
 
@@ -121,6 +122,7 @@ def make_batch(ix, seqs, prompt_lengths, eot, cfg, block_size):
 
 def main(argv=None):
     cfg = parse_config(InstructConfig, argv, description=__doc__.split("\n")[0])
+    keep_freed_memory()  # reuse freed activation memory step after step (tinygpt/runtime.py)
     functional.manual_seed(cfg.seed)
     path = cfg.data or os.path.join(os.environ.get("TINYGPT_DATA_DIR", "."), "instruction-data.json")
     try:

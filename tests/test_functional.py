@@ -74,6 +74,29 @@ def test_embedding(data, V, C, idx_shape):
     check_grad(lambda w: F.embedding(w, idx), weight)  # repeated ids must add up
 
 
+def test_embedding_accumulates_into_an_existing_gradient():
+    # the backward adds straight into a leaf's existing .grad (the optimizer's flat buffer)
+    weight = tg.Tensor(np.arange(12.0).reshape(4, 3), requires_grad=True)
+    idx = np.array([[1, 3, 1], [0, 1, 1]])
+    F.embedding(weight, idx).sum().backward()
+    buffer = weight.grad
+    F.embedding(weight, idx).sum().backward()
+    assert weight.grad is buffer  # written in place, not replaced
+    np.testing.assert_array_equal(weight.grad, 2 * np.array([[1] * 3, [4] * 3, [0] * 3, [1] * 3]))
+
+
+@settings(max_examples=N)
+@given(data=st.data(), lead=st.sampled_from([(1,), (3,), (2, 3), (1, 2, 2)]), K=st.integers(1, 5),
+       M=st.integers(1, 5), with_bias=st.booleans(), transpose_weight=st.booleans())
+def test_linear(data, lead, K, M, with_bias, transpose_weight):
+    x = data.draw(arrays(lead + (K,)))
+    w = data.draw(arrays((M, K) if transpose_weight else (K, M)))
+    f = lambda t, w_, *b: F.linear(t, w_, *b, transpose_weight=transpose_weight)
+    check_grad(f, x, w, *([data.draw(arrays((M,)))] if with_bias else []))
+    expected = x @ (w.T if transpose_weight else w)
+    np.testing.assert_allclose(f(tg.Tensor(x), tg.Tensor(w)).data, expected, rtol=1e-12, atol=1e-12)
+
+
 @settings(max_examples=N)
 @given(data=st.data(), B=st.integers(1, 2), nh=st.integers(1, 3), T=st.integers(1, 7),
        extra=st.integers(0, 3), hs=st.integers(1, 9), causal=st.booleans())
@@ -118,6 +141,7 @@ def test_cross_entropy_all_ignored_is_zero_not_nan():
     (lambda: F.cross_entropy(tg.Tensor(np.ones((2, 3))), np.array([0, 1, 2])), ValueError, ["(2, 3)", "(3,)"]),
     (lambda: F.embedding(tg.Tensor(np.ones((4, 2))), np.array([1, 4])), ValueError, ["4", "[0, 4)"]),
     (lambda: F.embedding(tg.Tensor(np.ones((4, 2))), np.array([-1])), ValueError, ["-1"]),
+    (lambda: F.linear(tg.Tensor(np.ones((3, 4))), tg.Tensor(np.ones((5, 2)))), ValueError, ["(3, 4)", "(5, 2)"]),
     (lambda: F.layer_norm(tg.Tensor(np.ones((2, 3))), tg.Tensor(np.ones(4))), ValueError, ["(4,)"]),
     (lambda: F.dropout(tg.Tensor(np.ones(3)), 1.0), ValueError, ["1.0"]),
     (lambda: F.softmax(tg.Tensor(np.arange(3))), TypeError, ["int64"]),

@@ -155,6 +155,17 @@ def test_concatenate_stack_split(data, shape, n):
     big = np.concatenate(xs, axis=axis)
     check_grad(lambda t: t.split(n, axis=axis)[-1] * 3 + t.split(n, axis=axis)[0], big)
 
+    def pieces_of_intermediate(t):
+        # the pieces of a non-leaf write into one shared gradient array; here `u` also has
+        # another consumer (u * u), and with n > 1 the first piece goes unused
+        u = t * 2.0
+        pieces = u.split(n, axis=axis)
+        out = pieces[-1] * 3
+        for i, p in enumerate(pieces[1:-1]):
+            out = out + p * (i + 5)
+        return out + (u * u).sum()
+    check_grad(pieces_of_intermediate, big)
+
 
 # ---- indexing and selection --------------------------------------------------------------------------------
 @settings(max_examples=N)

@@ -268,6 +268,39 @@ def test_adamw_twice_on_one_buffer_and_bad_inputs():
             mod.adamw_step(np.ones(3), np.ones(4), np.zeros(3), np.zeros(3), 0.1, 0.9, 0.95, 1e-8, 0, 1)
 
 
+# ---------------------------------------------------------------------------------------- embedding
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=30)
+@given(seed=seeds, V=st.integers(1, 70), N=st.integers(0, 200), C=st.integers(1, 40), contiguous=st.booleans())
+def test_embedding_backward_agrees(dtype, seed, V, N, C, contiguous):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, V, size=N)  # with N > V, ids repeat: their rows must add up
+    dout = rand(rng, (N, C), dtype)
+    dout = dout if contiguous else non_contiguous(dout)
+    start = rand(rng, (V, C), dtype)  # the kernels add into dweight: start from nonzero values
+    expected, actual = ref.embedding_backward(idx, dout, start.copy()), jit.embedding_backward(idx, dout, start.copy())
+    # float32: each row sums at most N terms, in the same order in both (np.add.at and the loop go
+    # through idx in order), so they agree to rounding of a sum of N values
+    close(actual, expected, dtype, k=max(N, 1), scale=1.0)
+    # and the definition: row v gets start[v] plus the sum of the dout rows whose id is v
+    by_hand = start.astype(np.float64) + np.stack([dout[idx == v].sum(axis=0) for v in range(V)])
+    np.testing.assert_allclose(expected, by_hand, rtol=1e-5, atol=1e-5 * (1 + np.sqrt(N)))
+
+
+@pytest.mark.parametrize("m", [ref, jit], ids=["numpy", "numba"])
+def test_embedding_backward_rejects_bad_ids(m):
+    dweight = np.zeros((5, 3), np.float32)
+    for bad in (5, -1):
+        with pytest.raises(ValueError, match=rf"id {bad} is out of range \[0, 5\)"):
+            m.embedding_backward(np.array([0, bad]), np.ones((2, 3), np.float32), dweight)
+    with pytest.raises(TypeError, match="integers"):
+        m.embedding_backward(np.array([0.0, 1.0]), np.ones((2, 3), np.float32), dweight)
+    with pytest.raises(ValueError, match="expects idx"):
+        m.embedding_backward(np.array([0, 1]), np.ones((2, 4), np.float32), dweight)
+    assert not dweight.any()  # nothing was written before the checks failed
+
+
 # ---------------------------------------------------------------------------------------- attention
 
 def naive_attention(q, k, v, causal):

@@ -98,6 +98,49 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     return out
 
 
+def _mm(a, b):
+    """a (M, K) @ b (K, N): the matmul kernel, or np.matmul (OpenBLAS) where the kernels say it
+    should do this shape (kernels.prefer_blas: tiny products, and few rows as in generation)."""
+    return a @ b if kernels.prefer_blas(a.shape[0], a.shape[1], b.shape[1]) else kernels.matmul(a, b)
+
+
+def linear(x, weight, bias=None, transpose_weight=False):
+    """y = x @ weight + bias over the last axis: x (..., in) -> (..., out).
+
+    weight is (in, out), GPT-2's Conv1D layout. With `transpose_weight` it is (out, in) and
+    y = x @ weight^T: the output head, which reuses the (vocab, n_embd) token embedding.
+
+    One op instead of reshape, matmul, transpose and add: a single matrix product forward (over
+    all leading axes at once) with the bias added in place, and backward produces each gradient
+    in its parameter's own layout. The transposes (w.T, x2.T, g.T) are views: the matmul kernel
+    reads them through their strides, so nothing is copied on the way back.
+    """
+    _check_float(x, "linear")
+    w = weight.data.T if transpose_weight else weight.data  # (in, out), a view
+    K, N = w.shape
+    if x.shape[-1] != K or (bias is not None and bias.shape != (N,)):
+        raise ValueError(f"linear: x {x.shape} needs weight of {('(out, in)' if transpose_weight else '(in, out)')} "
+                         f"layout with in = {x.shape[-1]}, and bias (out,); got weight {weight.shape} "
+                         f"and bias {None if bias is None else bias.shape}")
+    x2 = x.data.reshape(-1, K)  # (rows, in)
+    y = _mm(x2, w)                  # (rows, out)
+    if bias is not None:
+        y += bias.data
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    out = x._result(y.reshape(x.shape[:-1] + (N,)), parents, "linear")
+
+    def _backward():  # dx = dy W^T;  dW = x^T dy  ((out, in) layout: dy^T x);  dbias = sum of dy's rows
+        g = out.grad.reshape(-1, N)  # (rows, out)
+        if x.requires_grad:
+            x._accumulate(_mm(g, w.T).reshape(x.shape))
+        if weight.requires_grad:
+            weight._accumulate(_mm(g.T, x2) if transpose_weight else _mm(x2.T, g))
+        if bias is not None and bias.requires_grad:
+            bias._accumulate(g.sum(axis=0))
+    out._backward = _backward if out.requires_grad else None
+    return out
+
+
 def layer_norm(x, weight, bias=None, eps=1e-5):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, over the last axis."""
     _check_float(x, "layer_norm")
@@ -164,9 +207,14 @@ def embedding(weight, idx):
     out = weight._result(weight.data[idx], (weight,), "embedding")
 
     def _backward():  # a row used k times receives the sum of its k gradients
-        grad = np.zeros_like(weight.data)
-        np.add.at(grad, idx.reshape(-1), out.grad.reshape(-1, weight.shape[1]))
-        weight._accumulate(grad)
+        ids, g = idx.reshape(-1), out.grad.reshape(-1, weight.shape[1])  # (N,), (N, C)
+        if weight.is_leaf and weight.grad is not None and weight.grad.dtype == weight.dtype:
+            # add straight into the leaf's own gradient buffer (the optimizer's flat buffer),
+            # instead of building a (V, C) array of mostly zeros and adding that: for GPT-2's
+            # 50257 x 768 table that saves 150 MB and two passes over it every step
+            kernels.embedding_backward(ids, g, weight.grad)
+        else:
+            weight._accumulate(kernels.embedding_backward(ids, g, np.zeros_like(weight.data)))
     out._backward = _backward if out.requires_grad else None
     return out
 

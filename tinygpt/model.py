@@ -87,8 +87,8 @@ class CausalSelfAttention(Module):
         nh, hs = self.n_head, C // self.n_head
         # split q, k, v and the heads with views, not copies: c_attn's output columns are laid out
         # as [q | k | v], each C = nh * hs wide
-        qkv = self.c_attn(x).reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
-        q, k, v = qkv[0], qkv[1], qkv[2]                                         # (B, nh, T, hs)
+        q, k, v = [t.reshape(B, T, nh, hs).permute(0, 2, 1, 3)  # (B, nh, T, hs)
+                   for t in self.c_attn(x).split(3, axis=-1)]  # 3 x (B, T, C)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)  # (B, nh, T_past + T, hs)
         # softmax(q k^T / sqrt(hs)) v with a causal mask; with a cache, query i is position
@@ -222,9 +222,7 @@ class GPT(Module):
 
     def _logits(self, x):
         """The output head, tied to the token embedding: x (B, T, C) @ wte^T (C, V) -> (B, T, V)."""
-        B, T, C = x.shape
-        logits = x.reshape(B * T, C) @ self.transformer.wte.weight.T  # (B*T, V): one BLAS call
-        return logits.reshape(B, T, -1)                               # (B, T, V)
+        return F.linear(x, self.transformer.wte.weight, transpose_weight=True)  # (B, T, V)
 
     def _check_idx(self, idx, max_len):
         """Token ids as an integer (B, T) array, 0 < T <= max_len, each in [0, vocab_size)."""

@@ -148,13 +148,9 @@ class Linear(Module):
         self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
 
     def forward(self, x):
-        # one (N, in) @ (in, out) product over all leading axes: a single BLAS call, faster than
-        # NumPy's loop over a batch of (T, in) @ (in, out) products
-        lead = x.shape[:-1]
-        y = x.reshape(-1, x.shape[-1]) @ self.weight  # (N, out)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(lead + (y.shape[-1],))       # (..., out)
+        # one fused op (functional.linear): a single (rows, in) @ (in, out) BLAS call over all
+        # leading axes, faster than NumPy's loop over a batch of (T, in) @ (in, out) products
+        return F.linear(x, self.weight, self.bias)  # (..., out)
 
 
 class Embedding(Module):

@@ -189,7 +189,13 @@ class Tensor:
             stack.extend((p, False) for p in node._prev if p.requires_grad and id(p) not in visited)
 
         self._accumulate(grad.astype(self.dtype, copy=True) if self._backward is None else grad)
-        for node in reversed(topo):
+        del node, stack, visited
+        while topo:  # reverse topological order: every node after all the nodes computed from it
+            # subtle: pop, so this list stops holding the node. Once its backward has run and its
+            # closure is dropped, nothing else refers to an intermediate tensor (unless the caller
+            # kept one), so its activation arrays are freed as backward goes (as PyTorch frees
+            # its saved tensors), not all at the end; the gradients being made reuse that memory
+            node = topo.pop()
             if node._backward is None:
                 continue  # a leaf: keep its gradient
             if node.grad is not None:
@@ -427,11 +433,30 @@ class Tensor:
             raise ValueError(f"cannot split axis {axis} of size {self.shape[axis]} into "
                              f"{indices_or_sections} equal sections") from e
         starts = np.cumsum([0] + [p.shape[axis] for p in pieces])
+        shared = {"grad": None}  # the one full-size gradient array the pieces write into
+
+        def piece(data, where):
+            out = self._result(data, (self,), "split")
+
+            def _backward():  # each piece's gradient goes into its own slice of one array
+                # subtle: while that array is still self.grad (self is not a leaf and nothing
+                # else added to it), the next piece writes its slice in place: one allocation
+                # for all the pieces, instead of a zero-filled full-size array per piece
+                if shared["grad"] is not None and self.grad is shared["grad"]:
+                    shared["grad"][where] += out.grad
+                else:
+                    grad = np.zeros_like(self.data)
+                    grad[where] = out.grad
+                    self._accumulate(grad)
+                    shared["grad"] = grad
+            out._backward = _backward if out.requires_grad else None
+            return out
+
         index = [slice(None)] * self.ndim
         outs = []
-        for i in range(len(pieces)):
+        for i, data in enumerate(pieces):
             index[axis] = slice(int(starts[i]), int(starts[i + 1]))
-            outs.append(self[tuple(index)])
+            outs.append(piece(data, tuple(index)))
         return outs
 
     # ---- indexing and selection ------------------------------------------------------------------

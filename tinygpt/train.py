@@ -39,6 +39,7 @@ from .checkpoint import read_checkpoint, restore, save_checkpoint
 from .data import TokenDataset, find_text, read_text, split_text
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, get_lr
+from .runtime import keep_freed_memory
 from .tensor import no_grad
 from .tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 
@@ -175,6 +176,7 @@ def setup(cfg, log=print):
     log(f"data: {source} -> {len(data.splits['train']):,} train and {len(data.splits['val']):,} val tokens "
         f"({type(tokenizer).__name__}, vocab {tokenizer.vocab_size})")
 
+    keep_freed_memory()  # reuse freed activation memory step after step (runtime.py says why)
     functional.manual_seed(cfg.seed)
     model = GPT(model_cfg, seed=cfg.seed)
     optimizer = AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),

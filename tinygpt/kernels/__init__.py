@@ -28,6 +28,7 @@ The contract (all arrays are NumPy arrays; float32 in training, float64 accepted
     gelu_backward(x, dy) -> dx
     cross_entropy_forward(logits, targets, ignore_index=-100) -> (losses, lse)   logits:(N,C)
     cross_entropy_backward(logits, targets, lse, dlosses, ignore_index=-100) -> dlogits
+    embedding_backward(idx, dout, dweight) -> dweight             dweight[idx[i]] += dout[i], in place
     adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None  (in place)
     prefer_blas(M, K, N) -> bool: True where np.matmul should be used instead of `matmul`
 
@@ -44,6 +45,7 @@ NAMES = (
     "layer_norm_forward", "layer_norm_backward",
     "gelu_forward", "gelu_backward",
     "cross_entropy_forward", "cross_entropy_backward",
+    "embedding_backward",
     "adamw_step",
     "prefer_blas",
 )
@@ -74,16 +76,18 @@ def use(name):
 
 
 def _set_numba_threads():
-    """Numba's own threads: TINYGPT_NUM_THREADS, default 1.
+    """Numba's threads: TINYGPT_NUM_THREADS, default one per core (numba's own default).
 
-    subtle: measured on a 2-core machine (benchmarks/bench_train.py), numba kernels on 2 threads
-    beside OpenBLAS's 2 threads made a training step 3.5x slower on the baby config and 1.6x on
-    char10m than numba on 1 thread: the two thread pools oversubscribe the cores and each
-    parallel region waits for a descheduled worker. The big products go to OpenBLAS, which keeps
-    its threads; the fused kernels are memory-bound passes that gain little from a second core.
+    subtle: this only works because a training step does not call OpenBLAS for its big
+    products (see jit_matmul.prefer_blas). OpenBLAS keeps its own threads, which spin after each
+    call; beside numba's threads they oversubscribe the cores. Measured on a 2-core machine with
+    benchmarks/bench_train.py: with the products on OpenBLAS, numba on 2 threads made the baby
+    step 3.5x slower than numba on 1 thread. With the products on the numba matmul kernel too,
+    one pool of 2 threads was as fast as OpenBLAS + numba on 1 thread on the baby config, and
+    1.2-1.4x faster on char10m (its attention and row kernels are bigger, and now use 2 cores).
     """
     import numba
-    n = int(os.environ.get("TINYGPT_NUM_THREADS", "1"))
+    n = int(os.environ.get("TINYGPT_NUM_THREADS", numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 

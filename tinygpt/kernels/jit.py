@@ -6,7 +6,8 @@ contiguous, and calls an @njit core that loops over rows. The cores fuse what Nu
 several passes over memory (max, exp, sum, divide...) into one or two passes over a row that
 sits in L1 cache, and split the rows across cores with `prange`.
 
-This file holds the row-wise kernels (softmax, layer norm, gelu, cross-entropy, AdamW);
+This file holds the row-wise kernels (softmax, layer norm, gelu, cross-entropy, the embedding's
+backward, AdamW);
 matmul and attention have their own files (jit_matmul.py, jit_attention.py) and are re-exported
 here, so `jit` has exactly the names of `reference`.
 
@@ -36,7 +37,7 @@ KERNEL = dict(cache=True, error_model="numpy", fastmath=FMA)
 __all__ = ["matmul", "prefer_blas", "attention_forward", "attention_backward",
            "softmax_forward", "softmax_backward", "layer_norm_forward", "layer_norm_backward",
            "gelu_forward", "gelu_backward", "cross_entropy_forward", "cross_entropy_backward",
-           "adamw_step"]
+           "embedding_backward", "adamw_step"]
 
 
 def _c(x):
@@ -227,6 +228,24 @@ def _cross_entropy_backward_rows(x, targets, lse, dlosses, ignore_index):
             dx[r, j] = exp_le0(x[r, j] - l) * d
         dx[r, t] -= d
     return dx
+
+
+# ---------------------------------------------------------------------------------------- embedding
+
+def embedding_backward(idx, dout, dweight):
+    idx, dout = ref.check_embedding_grads(idx, dout, dweight)
+    _embedding_backward(idx, _c(dout), dweight)
+    return dweight
+
+
+@njit(**KERNEL)
+def _embedding_backward(idx, dout, dweight):  # dweight[idx[i]] += dout[i]
+    # subtle: serial on purpose. Two rows with the same id would race if split across threads,
+    # and at GPT sizes this is one pass over dout (B*T*C floats): well under a millisecond.
+    for i in range(idx.shape[0]):
+        row = idx[i]
+        for c in range(dout.shape[1]):
+            dweight[row, c] += dout[i, c]
 
 
 # ---------------------------------------------------------------------------------------- AdamW

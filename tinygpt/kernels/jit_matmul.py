@@ -62,16 +62,18 @@ def matmul(a, b, out=None):
 def prefer_blas(M, K, N):
     """Whether np.matmul (OpenBLAS) should do this (M, K) @ (K, N) product instead of `matmul`.
 
-    OpenBLAS is faster at every shape (its kernels are hand-written assembly): 1.05-1.3x at the
-    products of a big batch (M >= 768 rows), 1.5-2x at M = 128, where packing B costs more than
-    the product saves, 2-10x below 64 rows, and ~2x when N is just over a multiple of the 64-wide
-    tile, mostly padding (N = 65, a character vocabulary). bench_kernels.py prints these. But
-    after each call OpenBLAS's worker threads spin for up to ~0.1 s, and on a 2-core machine the
-    next parallel numba kernel then runs several times slower (export OPENBLAS_THREAD_TIMEOUT=4
-    before starting Python to stop that). So: BLAS only where numba is far behind.
+    On its own, OpenBLAS is faster at most shapes (its kernels are hand-written assembly):
+    1.05-1.3x at the products of a training batch (M >= 768 rows), ~2x when N is just over a
+    multiple of the 64-wide tile (N = 65, a character vocabulary), 2-10x below 64 rows, where
+    packing B costs more than the product. bench_kernels.py prints these. But in a training
+    step, OpenBLAS's worker threads spin for up to ~0.1 s after each call, and on a 2-core
+    machine the next parallel numba kernel then fights them for the cores: measured with
+    bench_train.py, sending even only the N = 65 output head to OpenBLAS made the baby config's
+    step 1.6x slower. So OpenBLAS gets only what it runs on one thread (M K N < 2^18, its
+    threading threshold) and products of few rows (generation, one token at a time), where the
+    matmul kernel would spend its time packing B.
     """
-    padding = -N % NB / N   # fraction of the tile columns that are zero padding
-    return M < 64 or N < 48 or padding > 0.3 or M * K * N < 1 << 18
+    return M < 64 or M * K * N < 1 << 18
 
 
 def _rows(x):

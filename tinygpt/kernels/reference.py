@@ -162,6 +162,20 @@ def cross_entropy_backward(logits, targets, lse, dlosses, ignore_index=-100):
     return dlogits * np.where(keep, dlosses, 0)[:, None]     # where, not *: dlosses may be nan there
 
 
+# ---------------------------------------------------------------------------------------- embedding
+
+def embedding_backward(idx, dout, dweight):
+    """The embedding's backward, in place: dweight[idx[i]] += dout[i] for every i.
+
+    idx (N,) integer ids in [0, V), dout (N, C), dweight (V, C). A row picked k times receives
+    the sum of its k gradients (np.add.at; plain `dweight[idx] += dout` would keep only one).
+    Forward needs no kernel: it is the gather `weight[idx]`.
+    """
+    idx, dout = check_embedding_grads(idx, dout, dweight)
+    np.add.at(dweight, idx, dout)
+    return dweight
+
+
 # ---------------------------------------------------------------------------------------- AdamW
 
 def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
@@ -288,6 +302,23 @@ def check_cross_entropy(logits, targets, ignore_index):
         raise ValueError(f"cross_entropy target {targets[bad][0]} is out of range [0, {C}) "
                          f"(and is not ignore_index={ignore_index})")
     return logits, targets.astype(np.int64, copy=False)
+
+
+def check_embedding_grads(idx, dout, dweight):
+    dweight = check_float("embedding_backward", dweight)
+    idx, dout = np.asarray(idx), np.asarray(dout)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding_backward ids must be integers, got dtype {idx.dtype}")
+    if dweight.ndim != 2 or idx.ndim != 1 or dout.shape != idx.shape + dweight.shape[1:]:
+        raise ValueError(f"embedding_backward expects idx (N,), dout (N, C) and dweight (V, C), got idx "
+                         f"{idx.shape}, dout {dout.shape}, dweight {dweight.shape}")
+    if not dweight.flags.writeable:
+        raise ValueError("embedding_backward adds into dweight in place: it must be writeable")
+    V = dweight.shape[0]
+    if idx.size and (idx.min() < 0 or idx.max() >= V):
+        bad = idx.min() if idx.min() < 0 else idx.max()
+        raise ValueError(f"embedding_backward: id {bad} is out of range [0, {V})")
+    return idx.astype(np.int64, copy=False), dout.astype(dweight.dtype, copy=False)
 
 
 def check_adamw(param, grad, m, v, step):
