@@ -3,7 +3,9 @@
 Both engines build the same network (nanoGPT's architecture, GPT-2's names) from the same initial
 weights and run forward + backward + AdamW on identical random batches. Timed steps are
 interleaved (tinygpt, torch, tinygpt, torch, ...) so drift on a shared machine hits both alike;
-warm-up steps are excluded and the median is reported.
+warm-up steps are excluded and the median is reported. Each timed step starts after a short
+pause (--pause), so that one engine's worker threads, still spinning after its step, do not slow
+the other engine's. `--shakespeare` runs the engines one after the other instead.
 
     python benchmarks/bench_train.py                      # all three configs
     python benchmarks/bench_train.py --config baby --profile
@@ -271,8 +273,8 @@ def profile_tinygpt(name, iters=10):
     finally:
         for obj, n, fn in reversed(patched):
             setattr(obj, n, fn)
-    # subtle: `linear` and Tensor.__matmul__ call np.matmul (OpenBLAS) directly, so that time shows
-    # under the op, not under a kernel.
+    # subtle: Tensor.__matmul__, and `linear` for the products kernels.prefer_blas hands to
+    # OpenBLAS, call np.matmul directly: that time shows under the op, not under a kernel.
     per = 1000 / iters
     print(f"\nprofile of tinygpt, config {name}: {total * per:.1f} ms/iter over {iters} iters")
     print(f"{'op':<30}{'fwd ms':>10}{'bwd ms':>10}")

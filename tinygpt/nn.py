@@ -148,8 +148,8 @@ class Linear(Module):
         self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
 
     def forward(self, x):
-        # one fused op (functional.linear): a single (rows, in) @ (in, out) BLAS call over all
-        # leading axes, faster than NumPy's loop over a batch of (T, in) @ (in, out) products
+        # one fused op (functional.linear): a single (rows, in) @ (in, out) product over all
+        # leading axes, faster than a loop over a batch of (T, in) @ (in, out) products
         return F.linear(x, self.weight, self.bias)  # (..., out)
 
 
