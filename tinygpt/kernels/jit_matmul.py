@@ -12,11 +12,14 @@ The shape of the algorithm is the classic one of BLAS libraries (Goto's, BLIS), 
 
        c[r, j] += a[r, k] b[k, j] + a[r, k+1] b[k+1, j] + a[r, k+2] b[k+2, j] + a[r, k+3] b[k+3, j]
 
-   LLVM vectorizes the sweep along j (16 float32 lanes per AVX-512 register) and keeps the 24
-   A values in registers as broadcasts: per 16 columns, 24 vector FMAs for 4 loads of B and
-   6 loads + 6 stores of the C tile, which stays in L1. Six rows by four steps measured best
-   (4 x 4 and 8 x 2 are 10-40% slower: fewer FMAs per load, or more C traffic). The tile lives
-   in a stack array (`stack_empty`), so LLVM proves it does not overlap B: no runtime checks.
+   LLVM vectorizes the sweep along j (16 float32 lanes per AVX-512 register). In `_tile`, where
+   the sweep is the constant NB = 64 columns, it goes further: it unrolls the sweep into 4
+   registers a row and keeps the whole 6 x 64 tile of C in 24 zmm registers for the entire K
+   loop, so each step of k is 6 broadcasts of A, 4 loads of B and 24 FMAs, with no load or
+   store of C (read `_tile.inspect_asm()`: 96 vfmadd231ps per 4 steps of k). That is the
+   register blocking of a BLAS micro-kernel, obtained from plain loops. Six rows by four steps
+   measured best (4 x 4 and 8 x 2 are 10-40% slower). The tile lives in a stack array
+   (`stack_empty`), so LLVM proves it does not overlap B: no runtime checks.
 
 Cache blocking: B is packed NC = 8 panels (512 columns) at a time, and for K > KC = 512 the
 product is summed over K blocks, so the panels in use (KC x 512 floats, 1 MB) stay in L2 while
@@ -27,8 +30,9 @@ with zeros, A's last row block is packed with zeros, and only the valid part of 
 back. Transposed inputs (views such as `w.T`) are read through their strides while packing B or
 loading A's scalars, so they cost no copy. jit_attention.py runs `gemm6` on its blocks too.
 Single-threaded this reaches 65-100% of OpenBLAS (bench_kernels.py has the 2-core figures).
-What it leaves out: BLAS's hand-written assembly and prefetching, packing A, and keeping the C
-tile in registers (LLVM keeps it in L1: fast enough, see above).
+What it leaves out: BLAS's hand-written assembly and prefetching, and packing A. The index
+arithmetic numba emits for a[r, k + i] (it must allow for negative indices) also costs a few
+integer instructions per step of k.
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
