@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tinygpt import kernels
-from tinygpt.kernels import jit, reference as ref
+from tinygpt.kernels import jit, jit_matmul, reference as ref
 
 DTYPES = [np.float32, np.float64]
 seeds = st.integers(0, 2**32 - 1)
@@ -80,6 +80,21 @@ def test_matmul_batched_transposed_and_out_views():
     c = jit.matmul(a, bt, out=out)
     assert c is out
     close(c, a @ bt, np.float32, k=70, scale=np.sqrt(70))
+
+
+@pytest.mark.parametrize("out_layout", [None, "c", "transposed"])
+def test_matmul_few_rows_long_k_runs_transposed(out_layout):
+    # M <= SWAP_M and M < N < K: matmul computes (B^T A^T)^T; the result and `out` must not notice
+    rng = np.random.default_rng(2)
+    M, K, N = 20, 700, 130
+    assert M <= jit_matmul.SWAP_M and M < N < K
+    a, b = rand(rng, (M, K), np.float32), rand(rng, (K, N), np.float32)
+    out = {None: None, "c": np.zeros((M, N), np.float32),
+           "transposed": np.zeros((N, M), np.float32).T}[out_layout]
+    c = jit.matmul(a, b, out=out)
+    assert c.shape == (M, N) and c.flags.c_contiguous == (out_layout != "transposed")
+    assert out is None or c is out
+    close(c, ref.matmul(a, b), np.float32, k=K, scale=np.sqrt(K))
 
 
 def test_matmul_rejects_bad_shapes():

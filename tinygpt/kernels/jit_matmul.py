@@ -30,9 +30,7 @@ with zeros, A's last row block is packed with zeros, and only the valid part of 
 back. Transposed inputs (views such as `w.T`) are read through their strides while packing B or
 loading A's scalars, so they cost no copy. jit_attention.py runs `gemm6` on its blocks too.
 Single-threaded this reaches 65-100% of OpenBLAS (bench_kernels.py has the 2-core figures).
-What it leaves out: BLAS's hand-written assembly and prefetching, and packing A. The index
-arithmetic numba emits for a[r, k + i] (it must allow for negative indices) also costs a few
-integer instructions per step of k.
+What it leaves out: BLAS's hand-written assembly and prefetching, and packing A.
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
@@ -44,6 +42,7 @@ MR, KU, NB = 6, 4, 64     # tile rows, K steps per sweep, tile columns (4 AVX-51
 TMAX = 128                # widest block gemm6_into computes
 TILE, T_TILE = MR * NB, MR * TMAX
 NC, KC = 8, 512          # panels packed at a time, and the K block: NC panels of KC rows are 1 MB (L2)
+SWAP_M = 384              # products of at most this many rows may run transposed (see matmul)
 SUM = {"contract", "reassoc"}  # FMAs, and sums in any order (float32 tolerance: ~K eps)
 KERNEL = dict(cache=True, error_model="numpy", fastmath=SUM)
 
@@ -51,6 +50,23 @@ KERNEL = dict(cache=True, error_model="numpy", fastmath=SUM)
 def matmul(a, b, out=None):
     """(M, K) @ (K, N) -> (M, N), or (B, M, K) @ (B, K, N) -> (B, M, N)."""
     a, b = ref.check_matmul(a, b, out)
+    M, K = a.shape[-2:]
+    N = b.shape[-1]
+    if a.ndim == 2 and M <= SWAP_M and M < N < K:
+        # Few rows and a long inner dimension (a GPT-2 step's products at T = 128, the weight
+        # gradients x^T dy of narrow layers): packing B, K x N, costs more than the M rows that
+        # reuse it save. So compute C^T = B^T A^T, which packs the smaller A instead; both transposes are
+        # views. Measured: 1.1-1.45x on such shapes with M = 128..384 when K > N; slower when
+        # K < N, and at M = 768.
+        ct = _product(b.T, a.T, None)  # (N, M)
+        if out is None:
+            return np.ascontiguousarray(ct.T)
+        out[...] = ct.T
+        return out
+    return _product(a, b, out)
+
+
+def _product(a, b, out):
     batched = a.ndim == 3
     a3, ta = _rows(a if batched else a[None])
     b3, tb = _rows(b if batched else b[None])
@@ -199,16 +215,21 @@ def gemm6(a, b, c, ldc, n, kk):
     and for a computed index like b[q + j] LLVM cannot rule that out; the select it keeps turns
     the vector loads into gathers, 4x slower.
     """
-    for k in range(0, kk, KU):
+    for step in range(kk // KU):
+        # subtle: unsigned indices. numba lets a signed index count from the end when negative,
+        # so a signed a[r, k + 1] costs a compare and a select; an unsigned index cannot
+        # be negative. Measured: matmul 2-10% faster (bench_kernels.py shapes).
+        k = np.uint64(step * KU)
+        k1, k2, k3 = k + np.uint64(1), k + np.uint64(2), k + np.uint64(3)
         # a<row><step>: the 6 x 4 block of A, held in registers as broadcasts
-        a00, a01, a02, a03 = a[0, k], a[0, k + 1], a[0, k + 2], a[0, k + 3]
-        a10, a11, a12, a13 = a[1, k], a[1, k + 1], a[1, k + 2], a[1, k + 3]
-        a20, a21, a22, a23 = a[2, k], a[2, k + 1], a[2, k + 2], a[2, k + 3]
-        a30, a31, a32, a33 = a[3, k], a[3, k + 1], a[3, k + 2], a[3, k + 3]
-        a40, a41, a42, a43 = a[4, k], a[4, k + 1], a[4, k + 2], a[4, k + 3]
-        a50, a51, a52, a53 = a[5, k], a[5, k + 1], a[5, k + 2], a[5, k + 3]
+        a00, a01, a02, a03 = a[0, k], a[0, k1], a[0, k2], a[0, k3]
+        a10, a11, a12, a13 = a[1, k], a[1, k1], a[1, k2], a[1, k3]
+        a20, a21, a22, a23 = a[2, k], a[2, k1], a[2, k2], a[2, k3]
+        a30, a31, a32, a33 = a[3, k], a[3, k1], a[3, k2], a[3, k3]
+        a40, a41, a42, a43 = a[4, k], a[4, k1], a[4, k2], a[4, k3]
+        a50, a51, a52, a53 = a[5, k], a[5, k1], a[5, k2], a[5, k3]
         for j in range(n):  # vectorized by LLVM along j
-            b0, b1, b2, b3 = b[k, j], b[k + 1, j], b[k + 2, j], b[k + 3, j]
+            b0, b1, b2, b3 = b[k, j], b[k1, j], b[k2, j], b[k3, j]
             c[j] += a00 * b0 + a01 * b1 + a02 * b2 + a03 * b3
             c[ldc + j] += a10 * b0 + a11 * b1 + a12 * b2 + a13 * b3
             c[2 * ldc + j] += a20 * b0 + a21 * b1 + a22 * b2 + a23 * b3
