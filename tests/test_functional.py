@@ -53,6 +53,13 @@ def test_gelu(data, shape):
     check_grad(F.gelu, data.draw(arrays(shape, -5, 5)))
 
 
+@pytest.mark.parametrize("x", [-4.5, -5.0, -6.0, -8.0])
+def test_gelu_far_left_tail(x):
+    # hypothesis found x = -5, where the NumPy kernel's old tanh form cancelled (gradient off by
+    # 2.5e-4 relative); pinned here, with points further out
+    check_grad(F.gelu, np.array([x]))
+
+
 @settings(max_examples=N)
 @given(data=st.data(), shape=nonscalar_shapes, p=st.sampled_from([0.0, 0.1, 0.5, 0.9]), seed=st.integers(0, 99))
 def test_dropout(data, shape, p, seed):
