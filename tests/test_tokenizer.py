@@ -32,7 +32,12 @@ PIECES = ["😀", "👍🏽", "👨‍👩‍👧", "🇫🇷", "日本語", "�
           "\t", "\u00a0", "\u3000", "\u200b", "123", "4567890", "3.14", "x²", "Ⅻ", "'s", "'t",
           "'ll", "'VE", "don't", "I'm", "hello", " world", "HELLO", "<|endoftext|>", "<|end",
           "!!", "...", "$$", "~", "é", "ß", "\ufffd", "\x00", "\x7f"]
-texts = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=10)), max_size=20).map("".join)
+# subtle: no unassigned code points (category Cn in this Python's Unicode 14 tables). The `regex`
+# package and tiktoken's Rust regex ship different Unicode versions, so a code point assigned
+# since (U+3D000 is a letter to `regex` 2026.11 and unassigned to tiktoken) makes \p{L} disagree
+# and the two split the text differently, though both are right for their Unicode version.
+chars = st.characters(exclude_categories=("Cn", "Cs"))
+texts = st.lists(st.one_of(st.sampled_from(PIECES), st.text(chars, max_size=10)), max_size=20).map("".join)
 
 CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
           "I'm sure you'll see it's 1234 times better, don't you?  It's 3.14!\n" * 3
