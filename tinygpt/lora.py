@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from . import functional as F
 from .nn import Linear, Module, Parameter
 
 DEFAULT_TARGETS = ("*.attn.c_attn", "*.attn.c_proj", "*.mlp.c_fc", "*.mlp.c_proj")  # every projection
@@ -57,15 +58,12 @@ class LoRALinear(Module):
         self.merged = False  # True while W holds W + scale * A B
 
     def forward(self, x):
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1])          # (N, in)
-        y = x2 @ self.weight                     # (N, out)
-        if self.bias is not None:
-            y = y + self.bias
+        y = F.linear(x, self.weight, self.bias)  # (..., out): the frozen layer, as Linear runs it
         if not self.merged:
-            # (x A) B: two thin products, (N, r) then (N, out); never the (in, out) matrix A B
-            y = y + (x2 @ self.lora_A) @ self.lora_B * self.scale
-        return y.reshape(lead + (y.shape[-1],))  # (..., out)
+            # (x A) B: two thin products, (..., r) then (..., out); never the (in, out) matrix A B.
+            # The scale goes on the thin (..., r) middle, the cheaper place for it.
+            y = y + F.linear(F.linear(x, self.lora_A) * self.scale, self.lora_B)
+        return y
 
     def delta(self):
         """The weight update scale * A @ B, (in, out), as an array."""
