@@ -3,6 +3,7 @@ masked targets, the collate function's worked example, the Alpaca prompt, the sm
 both examples end to end for a few steps (subprocess smoke tests)."""
 import dataclasses
 import doctest
+import importlib.util
 import json
 import os
 import subprocess
@@ -214,6 +215,42 @@ def char_checkpoint(tmp_path_factory):
     save_checkpoint(str(folder / "ckpt.npz"), GPT(config, seed=0), config={"model": dataclasses.asdict(config)},
                     extra={"tokenizer_file": "tokenizer.tok"})
     return folder / "ckpt.npz"
+
+
+def load_example(name):
+    """Import examples/<name>.py as a module (the examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_data
+def test_classifier_data_is_balanced_and_split_by_paragraph():
+    example = load_example("finetune_classifier")
+    cfg = example.ClassifierConfig(data_dir=DATA_DIR, seed=3)
+    sets, pool = example.load_data(cfg)
+    with open(os.path.join(DATA_DIR, "the-verdict.txt"), encoding="utf-8") as f:
+        paragraphs = f.read().split("\n")
+    prose = sets["train"]
+    for name in ("val", "test"):
+        texts, labels = sets[name]
+        assert len(texts) == len(labels) and 2 * labels.sum() == len(labels)  # balanced
+        wharton = [t for t, y in zip(texts, labels) if y == 1]
+        assert not set(wharton) & set(prose) and not set(texts) & set(pool)
+        # no val/test line shares a paragraph with a training line (the paragraph of each line
+        # is found by text; the wrap only changes spaces, and '"()_' are removed)
+        clean = ["".join(c for c in p if c not in '"()_') for p in paragraphs]
+        for line in wharton:
+            home = [p for p in clean if line in p]
+            assert home and not any(t in p for p in home for t in prose), line
+    assert 0.6 < len(prose) / (len(prose) + len(sets["val"][0]) / 2 + len(sets["test"][0]) / 2) < 0.8
+    assert all(len(t) >= cfg.min_chars for t in prose + pool)
+    texts, labels = example.training_lines(prose, pool, np.random.default_rng(0))
+    assert labels.tolist() == [1] * len(prose) + [0] * len(prose) and texts[:len(prose)] == prose
+    assert set(texts[len(prose):]) <= set(pool)
+    with pytest.raises(ValueError, match="cannot balance"):
+        example.training_lines(prose, pool[:3], np.random.default_rng(0))
 
 
 @needs_data
