@@ -256,7 +256,7 @@ def profile_tinygpt(name, iters=10):
                                     "__matmul__", "__getitem__", "reshape", "permute", "transpose", "split",
                                     "sum", "mean", "exp", "log", "tanh", "masked_fill"]),
                        (F, ["linear", "softmax", "log_softmax", "cross_entropy", "layer_norm", "gelu", "dropout",
-                            "embedding", "scaled_dot_product_attention"])):
+                            "embedding", "scaled_dot_product_attention", "self_attention"])):
         for n in names:
             if hasattr(obj, n):
                 patched.append((obj, n, getattr(obj, n)))

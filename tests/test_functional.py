@@ -114,6 +114,19 @@ def test_scaled_dot_product_attention(data, B, nh, T, extra, hs, causal):
     check_grad(lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_, causal=causal), q, k, v)
 
 
+@settings(max_examples=N)
+@given(data=st.data(), B=st.integers(1, 2), nh=st.integers(1, 3), T=st.integers(1, 7), hs=st.integers(1, 5),
+       causal=st.booleans())
+def test_self_attention(data, B, nh, T, hs, causal):
+    qkv = data.draw(arrays((B, T, 3 * nh * hs)))
+    check_grad(lambda t: F.self_attention(t, nh, causal=causal), qkv)
+    # the one op equals the composition the model uses with a KV cache: split, heads, attention, merge
+    t = tg.Tensor(qkv)
+    q, k, v = [p.reshape(B, T, nh, hs).permute(0, 2, 1, 3) for p in t.split(3, axis=-1)]
+    want = F.scaled_dot_product_attention(q, k, v, causal=causal).permute(0, 2, 1, 3).reshape(B, T, nh * hs)
+    np.testing.assert_allclose(F.self_attention(t, nh, causal=causal).data, want.data, rtol=1e-12, atol=1e-12)
+
+
 def test_attention_matches_naive_composition():
     """The fused op equals the textbook composition built from Tensor ops."""
     rng = np.random.default_rng(0)
@@ -153,6 +166,7 @@ def test_cross_entropy_all_ignored_is_zero_not_nan():
     (lambda: F.dropout(tg.Tensor(np.ones(3)), 1.0), ValueError, ["1.0"]),
     (lambda: F.softmax(tg.Tensor(np.arange(3))), TypeError, ["int64"]),
     (lambda: F.scaled_dot_product_attention(*(tg.Tensor(np.ones((2, 3, 4))),) * 3), ValueError, ["(2, 3, 4)"]),
+    (lambda: F.self_attention(tg.Tensor(np.ones((2, 3, 10))), 2), ValueError, ["(2, 3, 10)", "n_head=2"]),
 ])
 def test_bad_input(call, exc, words):
     with pytest.raises(exc) as e:

@@ -140,3 +140,16 @@ def test_attention(data, B, nh, T, hs, causal):
     q, k, v = (data.draw(arrays((B, nh, T, hs))) for _ in range(3))
     compare(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, causal=causal),
             lambda a, b, c: TF.scaled_dot_product_attention(a, b, c, is_causal=causal), q, k, v, rtol=1e-9)
+
+
+@settings(max_examples=N)
+@given(data=st.data(), B=st.integers(1, 2), nh=st.integers(1, 3), T=st.integers(1, 9), hs=st.integers(1, 6),
+       causal=st.booleans())
+def test_self_attention(data, B, nh, T, hs, causal):
+    """F.self_attention against nanoGPT's forward: split c_attn's output, heads, SDPA, merge."""
+    def torch_self_attention(qkv):
+        q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in qkv.split(nh * hs, dim=2))
+        y = TF.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return y.transpose(1, 2).contiguous().view(B, T, nh * hs)
+    compare(lambda qkv: F.self_attention(qkv, nh, causal=causal), torch_self_attention,
+            data.draw(arrays((B, T, 3 * nh * hs))), rtol=1e-9)

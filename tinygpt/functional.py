@@ -241,3 +241,34 @@ def scaled_dot_product_attention(q, k, v, causal=True):
         v._accumulate(dv)
     out._backward = _backward if out.requires_grad else None
     return out
+
+
+def self_attention(qkv, n_head, causal=True):
+    """Multi-head self-attention straight from c_attn's output: qkv (B, T, 3C), laid out as
+    [q | k | v] with each C = n_head * hs wide and heads side by side -> (B, T, C), heads side
+    by side again.
+
+    The same as splitting qkv into q, k, v, viewing each as (B, nh, T, hs) and calling
+    scaled_dot_product_attention, then merging the heads, but as ONE op: q, k, v are strided
+    views that the kernel reads in place, the numba kernel's output is already laid out
+    (B, T, nh, hs), and the backward hands back one (B, T, 3C) gradient. That drops the split,
+    permute and reshape nodes and their gradient copies: ~3 ms of the ~50 ms baby training step
+    (benchmarks/bench_train.py --profile). With a KV cache the model uses the composition.
+    """
+    _check_float(qkv, "self_attention")
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
+        raise ValueError(f"self_attention expects qkv (B, T, 3 * C) with C a multiple of n_head={n_head}, "
+                         f"got shape {qkv.shape}")
+    B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    heads = qkv.data.reshape(B, T, 3, n_head, C // n_head)                      # a view
+    q, k, v = (heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))          # 3 x (B, nh, T, hs) views
+    y, lse = kernels.attention_forward(q, k, v, causal)                         # (B, nh, T, hs)
+    out = qkv._result(y.transpose(0, 2, 1, 3).reshape(B, T, C), (qkv,), "attention")
+
+    def _backward():
+        dy = out.grad.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)  # (B, nh, T, hs) view
+        dq, dk, dv = kernels.attention_backward(q, k, v, y, lse, dy, causal)
+        # back to [dq | dk | dv] over the last axis: (B, nh, T, hs) -> (B, T, C) each, one copy
+        qkv._accumulate(np.concatenate([g.transpose(0, 2, 1, 3).reshape(B, T, C) for g in (dq, dk, dv)], axis=-1))
+    out._backward = _backward if out.requires_grad else None
+    return out

@@ -85,16 +85,20 @@ class CausalSelfAttention(Module):
     def forward(self, x, kv_cache=None):
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        # split q, k, v and the heads with views, not copies: c_attn's output columns are laid out
-        # as [q | k | v], each C = nh * hs wide
-        q, k, v = [t.reshape(B, T, nh, hs).permute(0, 2, 1, 3)  # (B, nh, T, hs)
-                   for t in self.c_attn(x).split(3, axis=-1)]  # 3 x (B, T, C)
-        if kv_cache is not None:
+        qkv = self.c_attn(x)  # (B, T, 3C): columns laid out as [q | k | v], each C = nh * hs wide
+        if kv_cache is None:
+            # training: the split into heads, softmax(q k^T / sqrt(hs)) v with a causal mask, and
+            # the merge of the heads, as one op (it spares the copies; see F.self_attention)
+            y = F.self_attention(qkv, nh, causal=True)  # (B, T, C)
+        else:
+            # the same, step by step: split q, k, v and the heads with views, not copies
+            q, k, v = [t.reshape(B, T, nh, hs).permute(0, 2, 1, 3)  # (B, nh, T, hs)
+                       for t in qkv.split(3, axis=-1)]              # 3 x (B, T, C)
             k, v = kv_cache.append(k, v)  # (B, nh, T_past + T, hs)
-        # softmax(q k^T / sqrt(hs)) v with a causal mask; with a cache, query i is position
-        # T_past + i, and the kernel's bottom-right causal alignment lets it see keys 0..T_past+i
-        y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, nh, T, hs)
-        y = y.permute(0, 2, 1, 3).reshape(B, T, C)                # (B, T, C): heads side by side
+            # query i is position T_past + i; the kernel's bottom-right causal alignment lets it
+            # see keys 0..T_past+i
+            y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, nh, T, hs)
+            y = y.permute(0, 2, 1, 3).reshape(B, T, C)                # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
 
 

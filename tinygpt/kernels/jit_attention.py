@@ -20,7 +20,8 @@ dk and dv stay on the stack while the query blocks stream past), with D_i = rows
 
 Every product above is a call of the matmul micro-kernel (`gemm6_into`) on blocks padded with
 zeros: per head, q, k, v, dout are packed once into buffers whose rows and columns are padded to
-the block sizes (zeros change no product, and padded keys are masked). Heads are split across
+the block sizes (zeros change no product, and padded keys are masked). The packing reads the
+inputs through their strides, so the model's q, k, v views are taken as they are (_heads_major). Heads are split across
 cores (prange); each core owns whole heads, so dk and dv need no locking.
 What this leaves out: splitting one head across cores (B * nh < cores leaves a core idle), and
 head sizes above HSMAX = 128 (those use the NumPy reference).
@@ -42,8 +43,9 @@ def attention_forward(q, k, v, causal=True):
     q, k, v = ref.check_attention(q, k, v, causal)
     if q.shape[3] > HSMAX:
         return ref.attention_forward(q, k, v, causal)
-    out, lse = _forward(_heads(q), _heads(k), _heads(v), causal, get_num_threads())
-    return out.reshape(q.shape), lse.reshape(q.shape[:3])
+    out, lse = _heads_major(q.shape, q.dtype), np.empty(q.shape[:3], q.dtype)
+    _forward(q, k, v, causal, out, lse, get_num_threads())
+    return out, lse
 
 
 def attention_backward(q, k, v, out, lse, dout, causal=True):
@@ -51,14 +53,22 @@ def attention_backward(q, k, v, out, lse, dout, causal=True):
     out, lse, dout = ref.check_attention_grads(q, out, lse, dout)
     if q.shape[3] > HSMAX:
         return ref.attention_backward(q, k, v, out, lse, dout, causal)
-    dq, dk, dv = _backward(_heads(q), _heads(k), _heads(v), _heads(out), _heads(dout),
-                           np.ascontiguousarray(lse).reshape(-1, q.shape[2]), causal, get_num_threads())
-    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+    dq, dk, dv = _heads_major(q.shape, q.dtype), _heads_major(k.shape, k.dtype), _heads_major(v.shape, v.dtype)
+    _backward(q, k, v, out, dout, lse, causal, dq, dk, dv, get_num_threads())
+    return dq, dk, dv
 
 
-def _heads(x):
-    """(B, nh, T, hs) -> contiguous (B * nh, T, hs)."""
-    return np.ascontiguousarray(x).reshape(-1, x.shape[2], x.shape[3])
+def _heads_major(shape, dtype):
+    """An empty (B, nh, T, hs) array laid out in memory as (B, T, nh, hs).
+
+    The kernels read and write every array through its strides (they pack each head into their
+    own buffers anyway), so they take the model's q, k, v as they come: (B, nh, T, hs) views of
+    the (B, T, 3C) output of c_attn, not copies. Results come in this layout because the model
+    turns them back into (B, T, C) = (B, T, nh * hs), which is then a view too, forward
+    (y.permute(0, 2, 1, 3).reshape(B, T, C)) and backward (dq, dk, dv into c_attn's gradient).
+    """
+    B, nh, T, hs = shape
+    return np.empty((B, T, nh, hs), dtype).transpose(0, 2, 1, 3)
 
 
 @njit(**KERNEL)
@@ -91,27 +101,27 @@ def _pack_transposed(x, dst):
 # ---------------------------------------------------------------------------------------- forward
 
 @njit(parallel=True, **KERNEL)
-def _forward(q, k, v, causal, nthreads):  # q (BH, Tq, hs), k and v (BH, Tk, hs)
-    BH = q.shape[0]
-    out, lse = np.empty_like(q), np.empty((BH, q.shape[1]), q.dtype)
+def _forward(q, k, v, causal, out, lse, nthreads):  # q, out (B, nh, Tq, hs), k, v (B, nh, Tk, hs), any strides
+    BH = q.shape[0] * q.shape[1]
     for t in prange(nthreads):   # each core takes whole heads
         _forward_heads(q, k, v, causal, t * BH // nthreads, (t + 1) * BH // nthreads, out, lse)
-    return out, lse
 
 
 @njit(**KERNEL)
 def _forward_heads(q, k, v, causal, h0, h1, out, lse):
-    """Heads h0 .. h1: pack each one (scaled q, k^T in key blocks, v), then its query blocks."""
-    Tq, hs, Tk = q.shape[1], q.shape[2], k.shape[1]
+    """Heads h0 .. h1 (counted over B * nh): pack each one (scaled q, k^T in key blocks, v),
+    then its query blocks."""
+    nh, Tq, hs, Tk = q.shape[1], q.shape[2], q.shape[3], k.shape[2]
     HSP, TQP, TKP = _pad(hs, 16), _pad(Tq, BR), _pad(Tk, BC)
     qp, vp = np.zeros((TQP, HSP), q.dtype), np.zeros((TKP, HSP), q.dtype)
     kt = np.zeros((TKP // BC, HSP, BC), q.dtype)
     for h in range(h0, h1):
-        _pack_rows(q[h], qp, q.dtype.type(1 / np.sqrt(hs)))
-        _pack_rows(v[h], vp, q.dtype.type(1))
-        _pack_transposed(k[h], kt)
+        b, hh = h // nh, h % nh
+        _pack_rows(q[b, hh], qp, q.dtype.type(1 / np.sqrt(hs)))
+        _pack_rows(v[b, hh], vp, q.dtype.type(1))
+        _pack_transposed(k[b, hh], kt)
         for i0 in range(0, Tq, BR):
-            _forward_block(qp, kt, vp, out[h], lse[h], i0, Tk, Tk - Tq, causal)
+            _forward_block(qp, kt, vp, out[b, hh], lse[b, hh], i0, Tk, Tk - Tq, causal)
 
 
 @njit(**KERNEL)
@@ -161,19 +171,18 @@ def _forward_block(qp, kt, vp, out, lse, i0, Tk, offset, causal):
 # ---------------------------------------------------------------------------------------- backward
 
 @njit(parallel=True, **KERNEL)
-def _backward(q, k, v, out, dout, lse, causal, nthreads):
-    BH = q.shape[0]
-    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+def _backward(q, k, v, out, dout, lse, causal, dq, dk, dv, nthreads):  # all (B, nh, T, hs), any strides
+    BH = q.shape[0] * q.shape[1]
     for t in prange(nthreads):   # each core takes whole heads, so dk and dv need no locks
         h0, h1 = t * BH // nthreads, (t + 1) * BH // nthreads
         _backward_heads(q, k, v, out, dout, lse, causal, h0, h1, dq, dk, dv)
-    return dq, dk, dv
 
 
 @njit(**KERNEL)
 def _backward_heads(q, k, v, out, dout, lse, causal, h0, h1, dq, dk, dv):
-    """Heads h0 .. h1: pack each one, then its key blocks; dq, dk, dv accumulate in padded buffers."""
-    Tq, hs, Tk = q.shape[1], q.shape[2], k.shape[1]
+    """Heads h0 .. h1 (counted over B * nh): pack each one, then its key blocks; dq, dk, dv
+    accumulate in padded buffers."""
+    nh, Tq, hs, Tk = q.shape[1], q.shape[2], q.shape[3], k.shape[2]
     HSP, TQP, TKP = _pad(hs, 16), _pad(Tq, BR), _pad(Tk, BC)
     scale, one = q.dtype.type(1 / np.sqrt(hs)), q.dtype.type(1)
     qp, dop, dqp = np.zeros((TQP, HSP), q.dtype), np.zeros((TQP, HSP), q.dtype), np.zeros((TQP, HSP), q.dtype)
@@ -181,13 +190,14 @@ def _backward_heads(q, k, v, out, dout, lse, causal, h0, h1, dq, dk, dv):
     kt, vt = np.zeros((TKP // BC, HSP, BC), q.dtype), np.zeros((TKP // BC, HSP, BC), q.dtype)
     lsep, D = np.zeros(TQP, q.dtype), np.zeros(TQP, q.dtype)
     for h in range(h0, h1):
-        _pack_rows(q[h], qp, scale)
-        _pack_rows(dout[h], dop, one)
-        _pack_rows(k[h], kp, one)
-        _pack_transposed(k[h], kt)
-        _pack_transposed(v[h], vt)
+        b, hh = h // nh, h % nh
+        _pack_rows(q[b, hh], qp, scale)
+        _pack_rows(dout[b, hh], dop, one)
+        _pack_rows(k[b, hh], kp, one)
+        _pack_transposed(k[b, hh], kt)
+        _pack_transposed(v[b, hh], vt)
         for i in range(Tq):
-            lsep[i], D[i] = lse[h, i], row_dot(dout[h, i], out[h, i], hs)   # D_i = rowsum(dout * out)
+            lsep[i], D[i] = lse[b, hh, i], row_dot(dout[b, hh, i], out[b, hh, i], hs)   # D_i = rowsum(dout * out)
         dqp[:] = 0
         dkp[:] = 0
         dvp[:] = 0
@@ -195,10 +205,10 @@ def _backward_heads(q, k, v, out, dout, lse, causal, h0, h1, dq, dk, dv):
             _backward_block(qp, dop, kp, kt, vt, lsep, D, dqp, dkp, dvp, j0, Tq, Tk, causal)
         for i in range(Tq):
             for d in range(hs):
-                dq[h, i, d] = scale * dqp[i, d]
+                dq[b, hh, i, d] = scale * dqp[i, d]
         for j in range(Tk):
             for d in range(hs):
-                dk[h, j, d], dv[h, j, d] = dkp[j, d], dvp[j, d]
+                dk[b, hh, j, d], dv[b, hh, j, d] = dkp[j, d], dvp[j, d]
 
 
 @njit(**KERNEL)
