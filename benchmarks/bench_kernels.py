@@ -202,6 +202,8 @@ from tinygpt.kernels import jit
 x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
 x2, w, t = x.reshape(-1, 8), np.ones(8, np.float32), np.arange(4)
 jit.matmul(x2, x2.T)
+jit.matmul(x2, x2[:8], bias=w)
+jit.sum_rows(x2)
 o, lse = jit.attention_forward(x, x, x)
 jit.attention_backward(x, x, x, o, lse, x)
 jit.softmax_backward(jit.softmax_forward(x, 0.5, True), x, 0.5)

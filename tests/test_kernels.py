@@ -45,17 +45,18 @@ def close(actual, expected, dtype, k=1.0, scale=None):
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=40)
 @given(seed=seeds, M=st.integers(1, 70), K=st.integers(1, 70), N=st.integers(1, 90),
-       batch=st.sampled_from([None, 1, 3]), layout=st.sampled_from(["c", "a^T", "b^T"]))
-def test_matmul_agrees(dtype, seed, M, K, N, batch, layout):
+       batch=st.sampled_from([None, 1, 3]), layout=st.sampled_from(["c", "a^T", "b^T"]), with_bias=st.booleans())
+def test_matmul_agrees(dtype, seed, M, K, N, batch, layout, with_bias):
     rng = np.random.default_rng(seed)
     lead = () if batch is None else (batch,)
     a, b = rand(rng, lead + (M, K), dtype), rand(rng, lead + (K, N), dtype)
+    bias = rand(rng, (N,), dtype) if with_bias else None
     if layout == "a^T":
         a = non_contiguous(a)
     elif layout == "b^T":
         b = non_contiguous(b)
     # float32: a K-term dot product of O(1) values, off by ~K eps at worst (scaled by sqrt(K) below)
-    close(jit.matmul(a, b), ref.matmul(a, b), dtype, k=K, scale=np.sqrt(K))
+    close(jit.matmul(a, b, bias=bias), ref.matmul(a, b, bias=bias), dtype, k=K, scale=np.sqrt(K))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -67,9 +68,10 @@ def test_matmul_larger_than_tiles(dtype, layout, M, K, N):
     a, b = rand(rng, (M, K), dtype), rand(rng, (K, N), dtype)
     a, b = (non_contiguous(a), b) if layout == "a^T" else (a, non_contiguous(b)) if layout == "b^T" else (a, b)
     out = np.full((M, N), np.nan, dtype)
-    c = jit.matmul(a, b, out=out)
+    bias = rand(rng, (N,), dtype)  # added once, not once per K block
+    c = jit.matmul(a, b, out=out, bias=bias)
     assert c is out
-    close(c, a @ b, dtype, k=K, scale=np.sqrt(K))
+    close(c, a @ b + bias, dtype, k=K, scale=np.sqrt(K))
 
 
 def test_matmul_batched_transposed_and_out_views():
@@ -91,10 +93,11 @@ def test_matmul_few_rows_long_k_runs_transposed(out_layout):
     a, b = rand(rng, (M, K), np.float32), rand(rng, (K, N), np.float32)
     out = {None: None, "c": np.zeros((M, N), np.float32),
            "transposed": np.zeros((N, M), np.float32).T}[out_layout]
-    c = jit.matmul(a, b, out=out)
+    bias = rand(rng, (N,), np.float32)
+    c = jit.matmul(a, b, out=out, bias=bias)
     assert c.shape == (M, N) and c.flags.c_contiguous == (out_layout != "transposed")
     assert out is None or c is out
-    close(c, ref.matmul(a, b), np.float32, k=K, scale=np.sqrt(K))
+    close(c, ref.matmul(a, b, bias=bias), np.float32, k=K, scale=np.sqrt(K))
 
 
 def test_matmul_rejects_bad_shapes():
@@ -107,6 +110,26 @@ def test_matmul_rejects_bad_shapes():
             m.matmul(np.ones((3, 4)), np.ones((4, 5)), out=np.ones((3, 4)))
         with pytest.raises(TypeError):
             m.matmul(np.ones((3, 4), np.int64), np.ones((4, 5), np.int64))
+        with pytest.raises(ValueError, match=r"bias must have shape \(5,\), got \(4,\)"):
+            m.matmul(np.ones((3, 4)), np.ones((4, 5)), bias=np.ones(4))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=30)
+@given(seed=seeds, N=st.integers(1, 300), C=st.integers(1, 100), layout=st.sampled_from(["c", "T"]))
+def test_sum_rows_agrees(dtype, seed, N, C, layout):
+    x = rand(np.random.default_rng(seed), (N, C), dtype)
+    x = non_contiguous(x) if layout == "T" else x
+    # a sum of N O(1) terms: off by ~N eps at worst, scaled by sqrt(N)
+    close(jit.sum_rows(x), ref.sum_rows(x), dtype, k=N, scale=np.sqrt(N))
+
+
+def test_sum_rows_rejects_bad_input():
+    for m in (ref, jit):
+        with pytest.raises(ValueError, match=r"\(N, C\), got shape \(3,\)"):
+            m.sum_rows(np.ones(3))
+        with pytest.raises(TypeError):
+            m.sum_rows(np.ones((2, 3), np.int32))
 
 
 # ---------------------------------------------------------------------------------------- softmax

@@ -98,10 +98,16 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     return out
 
 
-def _mm(a, b):
-    """a (M, K) @ b (K, N): the matmul kernel, or np.matmul (OpenBLAS) where the kernels say it
-    should do this shape (kernels.prefer_blas: tiny products, and few rows as in generation)."""
-    return a @ b if kernels.prefer_blas(a.shape[0], a.shape[1], b.shape[1]) else kernels.matmul(a, b)
+def _mm(a, b, bias=None):
+    """a (M, K) @ b (K, N) (+ bias (N,)): the matmul kernel, or np.matmul (OpenBLAS) where the
+    kernels say it should do this shape (kernels.prefer_blas: tiny products, and few rows as in
+    generation)."""
+    if not kernels.prefer_blas(a.shape[0], a.shape[1], b.shape[1]):
+        return kernels.matmul(a, b, bias=bias)
+    c = a @ b
+    if bias is not None:
+        c += bias
+    return c
 
 
 def linear(x, weight, bias=None, transpose_weight=False):
@@ -111,8 +117,8 @@ def linear(x, weight, bias=None, transpose_weight=False):
     y = x @ weight^T: the output head, which reuses the (vocab, n_embd) token embedding.
 
     One op instead of reshape, matmul, transpose and add: a single matrix product forward (over
-    all leading axes at once) with the bias added in place, and backward produces each gradient
-    in its parameter's own layout. The transposes (w.T, x2.T, g.T) are views: the matmul kernel
+    all leading axes at once) with the bias added while the product is written out, and backward
+    produces each gradient in its parameter's own layout. The transposes (w.T, x2.T, g.T) are views: the matmul kernel
     reads them through their strides, so nothing is copied on the way back.
     """
     _check_float(x, "linear")
@@ -123,9 +129,7 @@ def linear(x, weight, bias=None, transpose_weight=False):
                          f"layout with in = {x.shape[-1]}, and bias (out,); got weight {weight.shape} "
                          f"and bias {None if bias is None else bias.shape}")
     x2 = x.data.reshape(-1, K)  # (rows, in)
-    y = _mm(x2, w)                  # (rows, out)
-    if bias is not None:
-        y += bias.data
+    y = _mm(x2, w, None if bias is None else bias.data)  # (rows, out), the bias added as C is written
     parents = (x, weight) if bias is None else (x, weight, bias)
     out = x._result(y.reshape(x.shape[:-1] + (N,)), parents, "linear")
 
@@ -136,7 +140,7 @@ def linear(x, weight, bias=None, transpose_weight=False):
         if weight.requires_grad:
             weight._accumulate(_mm(g.T, x2) if transpose_weight else _mm(x2.T, g))
         if bias is not None and bias.requires_grad:
-            bias._accumulate(g.sum(axis=0))
+            bias._accumulate(kernels.sum_rows(g))
     out._backward = _backward if out.requires_grad else None
     return out
 

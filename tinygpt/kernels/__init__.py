@@ -17,7 +17,8 @@ compile (or cache load) is paid only by programs that actually run a kernel.
 
 The contract (all arrays are NumPy arrays; float32 in training, float64 accepted for checks):
 
-    matmul(a, b, out=None) -> c                                  (M,K)@(K,N) or (B,M,K)@(B,K,N)
+    matmul(a, b, out=None, bias=None) -> c                       (M,K)@(K,N) or (B,M,K)@(B,K,N), + bias (N,)
+    sum_rows(x) -> (C,)                                          x:(N,C), a bias gradient
     attention_forward(q, k, v, causal=True) -> (out, lse)        q:(B,nh,Tq,hs) k,v:(B,nh,Tk,hs)
     attention_backward(q, k, v, out, lse, dout, causal=True) -> (dq, dk, dv)
     softmax_forward(x, scale=1.0, causal=False) -> y             over the last axis
@@ -39,7 +40,7 @@ import os
 import warnings
 
 NAMES = (
-    "matmul",
+    "matmul", "sum_rows",
     "attention_forward", "attention_backward",
     "softmax_forward", "softmax_backward",
     "layer_norm_forward", "layer_norm_backward",

@@ -6,8 +6,8 @@ contiguous, and calls an @njit core that loops over rows. The cores fuse what Nu
 several passes over memory (max, exp, sum, divide...) into one or two passes over a row that
 sits in L1 cache, and split the rows across cores with `prange`.
 
-This file holds the row-wise kernels (softmax, layer norm, gelu, cross-entropy, the embedding's
-backward, AdamW);
+This file holds the row-wise kernels (softmax, layer norm, the sum of rows, gelu, cross-entropy,
+the embedding's backward, AdamW);
 matmul and attention have their own files (jit_matmul.py, jit_attention.py) and are re-exported
 here, so `jit` has exactly the names of `reference`.
 
@@ -37,7 +37,7 @@ KERNEL = dict(cache=True, error_model="numpy", fastmath=FMA)
 __all__ = ["matmul", "prefer_blas", "attention_forward", "attention_backward",
            "softmax_forward", "softmax_backward", "layer_norm_forward", "layer_norm_backward",
            "gelu_forward", "gelu_backward", "cross_entropy_forward", "cross_entropy_backward",
-           "embedding_backward", "adamw_step"]
+           "embedding_backward", "adamw_step", "sum_rows"]
 
 
 def _c(x):
@@ -143,6 +143,28 @@ def _layer_norm_backward_rows(dy, x, w, mean, rstd, nchunks):
     for c in range(1, nchunks):   # (a loop, not partial.sum(axis=0): that compiles for seconds)
         partial[0] += partial[c]
     return dx, partial[0, 0], partial[0, 1]
+
+
+def sum_rows(x):
+    x = ref.check_float("sum_rows", x)
+    if x.ndim != 2:
+        raise ValueError(f"sum_rows expects (N, C), got shape {x.shape}")
+    return _sum_rows(_c(x), get_num_threads())
+
+
+@njit(parallel=True, **KERNEL)
+def _sum_rows(x, nchunks):  # (N, C) -> (C,): each chunk of rows into its own partial sum, then added
+    N, C = x.shape
+    partial = np.zeros((nchunks, C), x.dtype)
+    for c in prange(nchunks):
+        total = partial[c]
+        for r in range(c * N // nchunks, (c + 1) * N // nchunks):
+            row = x[r]
+            for j in range(C):
+                total[j] += row[j]
+    for c in range(1, nchunks):
+        partial[0] += partial[c]
+    return partial[0]
 
 
 # ---------------------------------------------------------------------------------------- gelu

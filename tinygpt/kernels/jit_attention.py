@@ -1,6 +1,6 @@
 """Fused causal attention in numba, flash-attention style: never a (T, T) matrix per head.
 
-Forward, for each head and each block of BR = 12 query rows, one pass over the keys in blocks
+Forward, for each head and each block of BR = 24 query rows, one pass over the keys in blocks
 of BC = 48 (Dao et al., FlashAttention, 2022):
 
     s = (scale q) k^T           (BR, BC) scores, on the stack
@@ -33,7 +33,8 @@ from . import reference as ref
 from .jit_math import LANES, exp_le0, row_dot, row_max, stack_empty
 from .jit_matmul import MR, gemm6_into
 
-BR, BC = 2 * MR, 8 * MR   # query rows and keys per block (12, 48): multiples of MR and of KU
+BR, BC = 4 * MR, 8 * MR   # query rows and keys per block (24, 48): multiples of MR and of KU;
+                          # 24 rows, not 12: the backward is ~10% faster (fewer, longer dk and dv products)
 HSMAX = 128               # largest head size handled here (the output block is on the stack)
 S_TILE, O_TILE, L_TILE = BR * BC, BR * HSMAX, BR * LANES  # stack array sizes (must be constants)
 KERNEL = dict(cache=True, error_model="numpy", fastmath={"contract"})  # no reassoc: exp_le0

@@ -47,9 +47,10 @@ SUM = {"contract", "reassoc"}  # FMAs, and sums in any order (float32 tolerance:
 KERNEL = dict(cache=True, error_model="numpy", fastmath=SUM)
 
 
-def matmul(a, b, out=None):
-    """(M, K) @ (K, N) -> (M, N), or (B, M, K) @ (B, K, N) -> (B, M, N)."""
-    a, b = ref.check_matmul(a, b, out)
+def matmul(a, b, out=None, bias=None):
+    """(M, K) @ (K, N) -> (M, N), or (B, M, K) @ (B, K, N) -> (B, M, N); plus bias (N,) on every
+    row, added while each tile of C is written out (no second pass over C)."""
+    a, b, bias = ref.check_matmul(a, b, out, bias)
     M, K = a.shape[-2:]
     N = b.shape[-1]
     if a.ndim == 2 and M <= SWAP_M and M < N < K:
@@ -58,21 +59,25 @@ def matmul(a, b, out=None):
         # reuse it save. So compute C^T = B^T A^T, which packs the smaller A instead; both transposes are
         # views. Measured: 1.1-1.45x on such shapes with M = 128..384 when K > N; slower when
         # K < N, and at M = 768.
-        ct = _product(b.T, a.T, None)  # (N, M)
+        ct = _product(b.T, a.T, None, None)  # (N, M)
         if out is None:
-            return np.ascontiguousarray(ct.T)
-        out[...] = ct.T
+            out = np.ascontiguousarray(ct.T)
+        else:
+            out[...] = ct.T
+        if bias is not None:
+            out += bias
         return out
-    return _product(a, b, out)
+    return _product(a, b, out, bias)
 
 
-def _product(a, b, out):
+def _product(a, b, out, bias):
     batched = a.ndim == 3
     a3, ta = _rows(a if batched else a[None])
     b3, tb = _rows(b if batched else b[None])
     shape = a.shape[:-1] + b.shape[-1:]
     c = out if out is not None and out.flags.c_contiguous else np.empty(shape, a.dtype)
-    _matmul(a3, ta, b3, tb, c.reshape((-1,) + shape[-2:]), get_num_threads())
+    bias = np.zeros(0, a.dtype) if bias is None else np.ascontiguousarray(bias)  # empty: no bias
+    _matmul(a3, ta, b3, tb, c.reshape((-1,) + shape[-2:]), bias, get_num_threads())
     if out is not None and c is not out:
         out[...] = c
         return out
@@ -108,7 +113,7 @@ def _rows(x):
 
 
 @njit(parallel=True, **KERNEL)
-def _matmul(a, ta, b, tb, c, nthreads):
+def _matmul(a, ta, b, tb, c, bias, nthreads):
     nbatch, M, N = c.shape
     K = a.shape[1] if ta else a.shape[2]
     K4 = (K + KU - 1) // KU * KU
@@ -128,11 +133,11 @@ def _matmul(a, ta, b, tb, c, nthreads):
                     if K == K4 and i0 + MR <= M:          # a whole block of A: read it in place
                         for p in range(group):
                             blk = a[bi, k0:k0 + kc, i0:i0 + MR].T if ta else a[bi, i0:i0 + MR, k0:k0 + kc]
-                            _tile(blk, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, k0 > 0)
+                            _tile(blk, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, k0 > 0, bias)
                     else:                                 # an edge: pack it, zero-padded
                         _pack_a(a[bi], ta, i0, k0, ap[:kc])
                         for p in range(group):
-                            _tile(ap[:kc].T, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, k0 > 0)
+                            _tile(ap[:kc].T, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, k0 > 0, bias)
 
 
 @njit(**KERNEL)
@@ -165,8 +170,9 @@ def _pack_a(a, transposed, i0, k0, ap):
 
 
 @njit(**KERNEL)
-def _tile(a, panel, c, i0, j0, accumulate):
-    """c[i0:i0+MR, j0:j0+NB] (+)= a (MR, kc) @ panel (kc, NB), writing only the part inside c."""
+def _tile(a, panel, c, i0, j0, accumulate, bias):
+    """c[i0:i0+MR, j0:j0+NB] (+)= a (MR, kc) @ panel (kc, NB), writing only the part inside c.
+    When not accumulating (the first K block), bias[j0:j0+NB] is added too, unless bias is empty."""
     ct = stack_empty(TILE, c.dtype)  # the (MR, NB) tile, row r at ct[r*NB : (r+1)*NB]
     ct[:] = 0
     gemm6(a, panel, ct, NB, NB, panel.shape[0])
@@ -176,6 +182,10 @@ def _tile(a, panel, c, i0, j0, accumulate):
         if accumulate:
             for j in range(min(NB, N - j0)):
                 crow[j] += trow[j]
+        elif bias.size:
+            brow = bias[j0:]
+            for j in range(min(NB, N - j0)):
+                crow[j] = trow[j] + brow[j]
         else:
             for j in range(min(NB, N - j0)):
                 crow[j] = trow[j]
@@ -191,7 +201,8 @@ def gemm6_into(a, b, n, kk, c, accumulate):
     tile, then writes the tile out.
     """
     t = stack_empty(T_TILE, c.dtype)  # (MR, TMAX), row r at t[r*TMAX:]
-    t[:] = 0
+    for r in range(MR):               # zero only the n columns in use
+        t[r * TMAX:r * TMAX + n] = 0
     gemm6(a, b, t, TMAX, n, kk)
     for r in range(min(MR, c.shape[0])):
         crow, trow = c[r], t[r * TMAX:(r + 1) * TMAX]

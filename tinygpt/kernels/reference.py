@@ -19,10 +19,22 @@ GELU_C = np.sqrt(2.0 / np.pi)  # GPT-2's gelu(x) ~ 0.5 x (1 + tanh(C (x + 0.0447
 
 # ---------------------------------------------------------------------------------------- matmul
 
-def matmul(a, b, out=None):
-    """(M, K) @ (K, N) -> (M, N), or batched (B, M, K) @ (B, K, N) -> (B, M, N)."""
-    a, b = check_matmul(a, b, out)
-    return np.matmul(a, b, out=out)
+def matmul(a, b, out=None, bias=None):
+    """(M, K) @ (K, N) -> (M, N), or batched (B, M, K) @ (B, K, N) -> (B, M, N); plus bias (N,)
+    added to every row, if given."""
+    a, b, bias = check_matmul(a, b, out, bias)
+    c = np.matmul(a, b, out=out)
+    if bias is not None:
+        c += bias
+    return c
+
+
+def sum_rows(x):
+    """(N, C) -> (C,): the sum of the rows (a Linear's bias gradient, from the output's)."""
+    x = check_float("sum_rows", x)
+    if x.ndim != 2:
+        raise ValueError(f"sum_rows expects (N, C), got shape {x.shape}")
+    return x.sum(axis=0)
 
 
 def prefer_blas(M, K, N):
@@ -237,7 +249,7 @@ def check_same(name, x, *others):
     return out
 
 
-def check_matmul(a, b, out=None):
+def check_matmul(a, b, out=None, bias=None):
     a, b = check_float("matmul", a), np.asarray(b).astype(np.asarray(a).dtype, copy=False)
     batched = a.ndim == 3 and b.ndim == 3 and a.shape[0] == b.shape[0]
     if not ((a.ndim == 2 and b.ndim == 2) or batched) or a.shape[-1] != b.shape[-2]:
@@ -246,7 +258,11 @@ def check_matmul(a, b, out=None):
         expected = a.shape[:-1] + b.shape[-1:]
         if out.shape != expected or out.dtype != a.dtype:
             raise ValueError(f"matmul out must be {expected} {a.dtype}, got {out.shape} {out.dtype}")
-    return a, b
+    if bias is not None:
+        bias = np.asarray(bias).astype(a.dtype, copy=False)
+        if bias.shape != b.shape[-1:]:
+            raise ValueError(f"matmul bias must have shape ({b.shape[-1]},), got {bias.shape}")
+    return a, b, bias
 
 
 def check_softmax(x, scale, causal):
