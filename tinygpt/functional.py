@@ -118,8 +118,9 @@ def linear(x, weight, bias=None, transpose_weight=False):
 
     One op instead of reshape, matmul, transpose and add: a single matrix product forward (over
     all leading axes at once) with the bias added while the product is written out, and backward
-    produces each gradient in its parameter's own layout. The transposes (w.T, x2.T, g.T) are views: the matmul kernel
-    reads them through their strides, so nothing is copied on the way back.
+    produces each gradient in its parameter's own layout. The transposes (w.T, x2.T, g.T) are
+    views: the matmul kernel reads them through their strides, so nothing is copied on the way
+    back.
     """
     _check_float(x, "linear")
     w = weight.data.T if transpose_weight else weight.data  # (in, out), a view

@@ -21,8 +21,9 @@ dk and dv stay on the stack while the query blocks stream past), with D_i = rows
 Every product above is a call of the matmul micro-kernel (`gemm6_into`) on blocks padded with
 zeros: per head, q, k, v, dout are packed once into buffers whose rows and columns are padded to
 the block sizes (zeros change no product, and padded keys are masked). The packing reads the
-inputs through their strides, so the model's q, k, v views are taken as they are (_heads_major). Heads are split across
-cores (prange); each core owns whole heads, so dk and dv need no locking.
+inputs through their strides, so the model's q, k, v views are taken as they are, without
+copies (see _heads_major). Heads are split across cores (prange); each core owns whole heads,
+so dk and dv need no locking.
 What this leaves out: splitting one head across cores (B * nh < cores leaves a core idle), and
 head sizes above HSMAX = 128 (those use the NumPy reference).
 """
@@ -65,8 +66,8 @@ def _heads_major(shape, dtype):
     The kernels read and write every array through its strides (they pack each head into their
     own buffers anyway), so they take the model's q, k, v as they come: (B, nh, T, hs) views of
     the (B, T, 3C) output of c_attn, not copies. Results come in this layout because the model
-    turns them back into (B, T, C) = (B, T, nh * hs), which is then a view too, forward
-    (y.permute(0, 2, 1, 3).reshape(B, T, C)) and backward (dq, dk, dv into c_attn's gradient).
+    turns them back into (B, T, C) = (B, T, nh * hs) heads side by side, which is then a
+    reshape without a copy (functional.self_attention, forward and backward).
     """
     B, nh, T, hs = shape
     return np.empty((B, T, nh, hs), dtype).transpose(0, 2, 1, 3)
