@@ -120,8 +120,9 @@ def load_data(cfg):
 
     # Wharton: whole paragraphs go to one split; cut the shuffled list at 70% and 80% of the text
     paragraphs = split(paragraphs, (1.0,), cfg.seed + 1)[0]
-    ends = np.cumsum([len(p) for p in paragraphs])  # characters up to and including each paragraph
-    part = np.searchsorted([0.7 * ends[-1], 0.8 * ends[-1]], ends - [len(p) for p in paragraphs], side="right")
+    lengths = np.array([len(p) for p in paragraphs])
+    starts = np.cumsum(lengths) - lengths  # characters before each paragraph
+    part = np.searchsorted([0.7 * lengths.sum(), 0.8 * lengths.sum()], starts, side="right")  # 0, 1, 2
     prose = {name: [line for p, k in zip(paragraphs, part) if k == i
                     for line in textwrap.wrap(p, cfg.wrap_width, break_on_hyphens=False)
                     if len(line) >= cfg.min_chars]
