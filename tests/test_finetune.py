@@ -233,14 +233,15 @@ def test_classifier_data_is_balanced_and_split_by_paragraph():
     with open(os.path.join(DATA_DIR, "the-verdict.txt"), encoding="utf-8") as f:
         paragraphs = f.read().split("\n")
     prose = sets["train"]
+    # each val/test line's paragraph is found by its text: the wrap only changes spaces, and the
+    # example removes '"()_'
+    clean = ["".join(c for c in p if c not in '"()_') for p in paragraphs]
     for name in ("val", "test"):
         texts, labels = sets[name]
         assert len(texts) == len(labels) and 2 * labels.sum() == len(labels)  # balanced
         wharton = [t for t, y in zip(texts, labels) if y == 1]
         assert not set(wharton) & set(prose) and not set(texts) & set(pool)
-        # no val/test line shares a paragraph with a training line (the paragraph of each line
-        # is found by text; the wrap only changes spaces, and '"()_' are removed)
-        clean = ["".join(c for c in p if c not in '"()_') for p in paragraphs]
+        # no val/test line shares a paragraph with a training line
         for line in wharton:
             home = [p for p in clean if line in p]
             assert home and not any(t in p for p in home for t in prose), line

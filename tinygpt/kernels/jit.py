@@ -146,10 +146,7 @@ def _layer_norm_backward_rows(dy, x, w, mean, rstd, nchunks):
 
 
 def sum_rows(x):
-    x = ref.check_float("sum_rows", x)
-    if x.ndim != 2:
-        raise ValueError(f"sum_rows expects (N, C), got shape {x.shape}")
-    return _sum_rows(_c(x), get_num_threads())
+    return _sum_rows(_c(ref.check_sum_rows(x)), get_num_threads())
 
 
 @njit(parallel=True, **KERNEL)

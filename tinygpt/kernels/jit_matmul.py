@@ -64,7 +64,7 @@ def matmul(a, b, out=None, bias=None):
             out = np.ascontiguousarray(ct.T)
         else:
             out[...] = ct.T
-        if bias is not None:
+        if bias is not None:  # a second pass over C, but C has only M <= SWAP_M rows here
             out += bias
         return out
     return _product(a, b, out, bias)

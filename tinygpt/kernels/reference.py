@@ -31,10 +31,7 @@ def matmul(a, b, out=None, bias=None):
 
 def sum_rows(x):
     """(N, C) -> (C,): the sum of the rows (a Linear's bias gradient, from the output's)."""
-    x = check_float("sum_rows", x)
-    if x.ndim != 2:
-        raise ValueError(f"sum_rows expects (N, C), got shape {x.shape}")
-    return x.sum(axis=0)
+    return check_sum_rows(x).sum(axis=0)
 
 
 def prefer_blas(M, K, N):
@@ -263,6 +260,13 @@ def check_matmul(a, b, out=None, bias=None):
         if bias.shape != b.shape[-1:]:
             raise ValueError(f"matmul bias must have shape ({b.shape[-1]},), got {bias.shape}")
     return a, b, bias
+
+
+def check_sum_rows(x):
+    x = check_float("sum_rows", x)
+    if x.ndim != 2:
+        raise ValueError(f"sum_rows expects (N, C), got shape {x.shape}")
+    return x
 
 
 def check_softmax(x, scale, causal):
