@@ -1,17 +1,20 @@
 """Fine-tune a Shakespeare GPT into a classifier: is a line Shakespeare's, or Edith Wharton's?
 
-    python examples/train_shakespeare.py                      # first: the base model, out-shakespeare/
-    python examples/finetune_classifier.py                    # last block + ln_f + a new head train
-    python examples/finetune_classifier.py --lora-rank 8      # LoRA on the last block instead
+    python examples/train_shakespeare.py                       # first: the base model, out-shakespeare/
+    python examples/finetune_classifier.py                     # last block + ln_f + a new head train
+    python examples/finetune_classifier.py --lora-rank 8       # LoRA on the last block instead
+    python examples/finetune_classifier.py --trainable-blocks 4 --learning-rate 6e-4   # every block
 
 Start: the checkpoint of train_shakespeare.py (--init-from, its tokenizer is read next to it). Its
 output head over the vocabulary is replaced by a 2-class head read at each line's last token
 (tinygpt/finetune.py: GPTClassifier). Everything else is frozen except the last
 --trainable-blocks blocks and ln_f, or, with --lora-rank R, everything except the LoRA matrices
-on the chosen projections (--lora-blocks, --lora-targets) and the new head. Accuracy on the
-train, val and test splits is printed after every epoch. The weights of the first epoch with
-the best val accuracy are kept (early stopping), their test accuracy is reported, and the
-classifier (LoRA merged in) is saved to --out-dir/classifier.npz with the tokenizer beside it.
+on the chosen projections (--lora-blocks, --lora-targets) and the new head. The learning rate
+warms up over half an epoch, then falls along a cosine to a tenth of its peak. Accuracy on the
+train, val and test splits is printed after every epoch; the final weights are kept, their test
+accuracy is reported, and the classifier (LoRA merged in) is saved to --out-dir/classifier.npz
+with the tokenizer beside it. (No early stopping: the val split has only ~70 lines, and picking
+the epoch of best val accuracy picked noise: 1.9 points lower test accuracy, over 10 seeds.)
 
 The data, from $TINYGPT_DATA_DIR (or --data-dir): class 0 is tinyshakespeare.txt, class 1 is
 the-verdict.txt. Choices, so that the task is about style and not about formatting:
@@ -31,6 +34,8 @@ the-verdict.txt. Choices, so that the task is about style and not about formatti
   Wharton's do there; every epoch, training draws a fresh set of as many lines as Wharton's
   training lines from the rest. There is far more Shakespeare than Wharton, and a new sample
   each epoch keeps the classifier from learning a few hundred Shakespeare lines by heart.
+  Wharton's training paragraphs are re-wrapped every epoch after dropping their first 0-7
+  words, so that her lines, too, are new each epoch: they break after other words.
 - Each line is given with a newline in front, as every line was in pretraining.
 
 The data set is small (~120 lines to test), so test accuracy moves by several points from one
@@ -53,7 +58,7 @@ from tinygpt.finetune import (GPTClassifier, accuracy, batches, count_params, en
                               pad_batch, parse_config, set_trainable, split, train_step)
 from tinygpt.lora import LORA_PATTERNS, apply_lora, merged_state_dict
 from tinygpt.nn import Dropout
-from tinygpt.optim import AdamW
+from tinygpt.optim import AdamW, get_lr
 from tinygpt.runtime import keep_freed_memory
 
 CLASSES = ("Shakespeare", "Wharton")
@@ -68,7 +73,7 @@ class ClassifierConfig:
                                  "(default: $TINYGPT_DATA_DIR)", type=str)
     min_chars: int = option(45, "drop lines shorter than this")
     wrap_width: int = option(63, "re-wrap The Verdict's paragraphs into lines of at most this many characters")
-    epochs: int = option(8, "passes over the training split")
+    epochs: int = option(30, "passes over the training split")
     max_steps: int = option(0, "stop after this many optimizer steps in all (0: no limit; for smoke tests)")
     batch_size: int = option(16, "lines per optimizer step")
     learning_rate: float = option(None, "AdamW learning rate, constant (default: 3e-4; 3e-3 with LoRA, "
@@ -76,6 +81,8 @@ class ClassifierConfig:
     weight_decay: float = option(0.1, "AdamW weight decay (on matrices only)")
     dropout: float = option(0.2, "dropout on the embeddings and residual branches while fine-tuning "
                                  "(replaces the base model's; the data set is small)")
+    decay_lr: bool = option(True, "warm up over the first half epoch, then let the learning rate fall "
+                                  "along a cosine to a tenth of it by the last step (else constant)")
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0: no clipping)")
     trainable_blocks: int = option(1, "without LoRA: how many of the last blocks train (with ln_f and the head)")
     lora_rank: int = option(0, "LoRA rank (0: no LoRA, fine-tune --trainable-blocks instead)")
@@ -123,13 +130,10 @@ def load_data(cfg):
     lengths = np.array([len(p) for p in paragraphs])
     starts = np.cumsum(lengths) - lengths  # characters before each paragraph
     part = np.searchsorted([0.7 * lengths.sum(), 0.8 * lengths.sum()], starts, side="right")  # 0, 1, 2
-    prose = {name: [line for p, k in zip(paragraphs, part) if k == i
-                    for line in textwrap.wrap(p, cfg.wrap_width, break_on_hyphens=False)
-                    if len(line) >= cfg.min_chars]
+    prose = {name: wrap([p for p, k in zip(paragraphs, part) if k == i], cfg)
              for i, name in enumerate(("train", "val", "test"))}
-    prose = {name: list(dict.fromkeys(lines)) for name, lines in prose.items()}
 
-    sets, used = {"train": prose["train"]}, 0
+    sets, used = {"train": [p for p, k in zip(paragraphs, part) if k == 0]}, 0  # wrapped each epoch
     for name in ("val", "test"):  # as many Shakespeare lines as Wharton lines, then shuffled together
         n = len(prose[name])
         pairs = [(t, 1) for t in prose[name]] + [(t, 0) for t in verse[used:used + n]]
@@ -137,6 +141,17 @@ def load_data(cfg):
         sets[name] = ([t for t, _ in pairs], np.array([y for _, y in pairs], dtype=np.int64))
         used += n
     return sets, verse[used:]
+
+
+def wrap(paragraphs, cfg, rng=None):
+    """Wharton's paragraphs as lines of at most cfg.wrap_width characters and at least
+    cfg.min_chars, duplicates dropped. With `rng` (training), each paragraph first loses its
+    first 0-7 words, so that its lines break after other words: every epoch sees new lines."""
+    if rng is not None:
+        paragraphs = [" ".join(p.split()[rng.integers(8):]) for p in paragraphs]
+    lines = [line for p in paragraphs for line in textwrap.wrap(p, cfg.wrap_width, break_on_hyphens=False)
+             if len(line) >= cfg.min_chars]
+    return list(dict.fromkeys(lines))
 
 
 def training_lines(prose, pool, rng):
@@ -180,9 +195,10 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     encode = lambda texts: [encode_known(tokenizer, "\n" + t)[0] for t in texts]  # noqa: E731
-    prose = data.pop("train")  # Wharton's training lines; the Shakespeare ones are drawn each epoch
+    prose = data.pop("train")  # Wharton's training paragraphs, wrapped anew each epoch
     sets = {name: (encode(texts), labels) for name, (texts, labels) in data.items()}
-    print(f"data: train {2 * len(prose)} lines a epoch ({len(prose)} Wharton, as many Shakespeare drawn from "
+    n_prose = len(wrap(prose, cfg))  # Wharton lines a epoch (give or take a few, after the shift)
+    print(f"data: train ~{2 * n_prose} lines a epoch (~{n_prose} Wharton, as many Shakespeare drawn from "
           f"{len(pool):,}), " + ", ".join(f"{k} {len(v[0])}" for k, v in sets.items())
           + f"; mean length {np.mean([len(s) for s in sets['test'][0]]):.0f} tokens (block_size {model.config.block_size})")
     trainable, total = count_params(model)
@@ -192,15 +208,16 @@ def main(argv=None):
     # parameters that require a gradient at this moment (see tinygpt/finetune.py)
     optimizer = AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, 3])  # each epoch's Shakespeare lines and their order
-    trained = [p for p in model.parameters() if p.requires_grad]
-    best_val, best, best_epoch = -1.0, None, 0  # the trained weights at the best val accuracy so far
+    max_steps = cfg.epochs * -(-2 * n_prose // cfg.batch_size)   # for the schedule: ceil, epochs times
     step, t0 = 0, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
-        train_texts, train_labels = training_lines(prose, pool, rng)
+        train_texts, train_labels = training_lines(wrap(prose, cfg, rng), pool, rng)
         train_seqs = encode(train_texts)
         sets["train"] = (train_seqs, train_labels)
         losses = []
         for b in batches(len(train_seqs), cfg.batch_size, rng):
+            if cfg.decay_lr:
+                optimizer.lr = get_lr(step, cfg.learning_rate, cfg.learning_rate / 10, max_steps // cfg.epochs // 2, max_steps)
             idx, lengths = pad_batch([train_seqs[i] for i in b], 0, model.config.block_size)
             losses.append(train_step(model, optimizer, cfg.grad_clip, idx=idx, targets=train_labels[b], lengths=lengths))
             step += 1
@@ -209,16 +226,11 @@ def main(argv=None):
         accs = {k: accuracy(model, s, y) for k, (s, y) in sets.items()}
         print(f"epoch {epoch}: loss {np.mean(losses):.4f} | accuracy train {accs['train']:.1%}, "
               f"val {accs['val']:.1%}, test {accs['test']:.1%} | {time.perf_counter() - t0:.0f}s")
-        if accs["val"] > best_val:  # early stopping: the first epoch with the best val accuracy
-            best_val, best, best_epoch = accs["val"], [p.data.copy() for p in trained], epoch
         if step == cfg.max_steps:
             break
-    for p, data in zip(trained, best):
-        p.data[...] = data  # in place: the optimizer's flat buffer holds these arrays
-    accs = {k: accuracy(model, s, y) for k, (s, y) in sets.items()}
     n_test = len(sets["test"][0])
-    print(f"test accuracy: {accs['test']:.1%} ({round(accs['test'] * n_test)}/{n_test}), with the weights of "
-          f"epoch {best_epoch} (best val accuracy, {best_val:.1%})")
+    print(f"test accuracy: {accs['test']:.1%} ({round(accs['test'] * n_test)}/{n_test}), "
+          f"val {accs['val']:.1%}, after {epoch} epochs")
 
     # saved as a plain classifier, LoRA merged in: it loads into GPTClassifier(config, 2) as is
     plain = GPTClassifier(model.config, len(CLASSES))
@@ -228,7 +240,7 @@ def main(argv=None):
     path = os.path.join(cfg.out_dir, "classifier.npz")
     save_checkpoint(path, plain, config={"model": dataclasses.asdict(model.config), "classes": list(CLASSES),
                                          "finetune": dataclasses.asdict(cfg)},
-                    iter_num=step, extra={"tokenizer_file": "tokenizer.tok", "accuracy": accs, "epoch": best_epoch})
+                    iter_num=step, extra={"tokenizer_file": "tokenizer.tok", "accuracy": accs, "epoch": epoch})
     print(f"saved {path}")
     return 0
 

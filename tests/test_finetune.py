@@ -232,7 +232,7 @@ def test_classifier_data_is_balanced_and_split_by_paragraph():
     sets, pool = example.load_data(cfg)
     with open(os.path.join(DATA_DIR, "the-verdict.txt"), encoding="utf-8") as f:
         paragraphs = f.read().split("\n")
-    prose = sets["train"]
+    prose = example.wrap(sets["train"], cfg)  # the training paragraphs, as lines
     # each val/test line's paragraph is found by its text: the wrap only changes spaces, and the
     # example removes '"()_'
     clean = ["".join(c for c in p if c not in '"()_') for p in paragraphs]
@@ -247,6 +247,11 @@ def test_classifier_data_is_balanced_and_split_by_paragraph():
             assert home and not any(t in p for p in home for t in prose), line
     assert 0.6 < len(prose) / (len(prose) + len(sets["val"][0]) / 2 + len(sets["test"][0]) / 2) < 0.8
     assert all(len(t) >= cfg.min_chars for t in prose + pool)
+    # each epoch's lines: the same paragraphs, shifted by a few words, so other lines within the same limits
+    words = [" ".join(p.split()) for p in sets["train"]]
+    shifted = example.wrap(sets["train"], cfg, np.random.default_rng(0))
+    assert set(shifted) != set(prose) and all(cfg.min_chars <= len(t) <= cfg.wrap_width for t in shifted)
+    assert all(any(t in p for p in words) for t in shifted)
     texts, labels = example.training_lines(prose, pool, np.random.default_rng(0))
     assert labels.tolist() == [1] * len(prose) + [0] * len(prose) and texts[:len(prose)] == prose
     assert set(texts[len(prose):]) <= set(pool)

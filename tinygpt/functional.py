@@ -9,7 +9,7 @@ and the kernels' inner loops (kernels/).
 import numpy as np
 
 from . import kernels
-from .tensor import Tensor
+from .tensor import Tensor, is_grad_enabled
 
 _rng = np.random.default_rng()  # dropout's default generator; reseed with `manual_seed`
 
@@ -102,7 +102,7 @@ def _mm(a, b, bias=None):
     """a (M, K) @ b (K, N) (+ bias (N,)): the matmul kernel, or np.matmul (OpenBLAS) where the
     kernels say it should do this shape (kernels.prefer_blas: tiny products, and few rows as in
     generation)."""
-    if not kernels.prefer_blas(a.shape[0], a.shape[1], b.shape[1]):
+    if not kernels.prefer_blas(a.shape[0], a.shape[1], b.shape[1], inference=not is_grad_enabled()):
         return kernels.matmul(a, b, bias=bias)
     c = a @ b
     if bias is not None:

@@ -84,7 +84,7 @@ def _product(a, b, out, bias):
     return c
 
 
-def prefer_blas(M, K, N):
+def prefer_blas(M, K, N, inference=False):
     """Whether np.matmul (OpenBLAS) should do this (M, K) @ (K, N) product instead of `matmul`.
 
     On its own, OpenBLAS is faster at most shapes (its kernels are hand-written assembly):
@@ -95,10 +95,13 @@ def prefer_blas(M, K, N):
     machine the next parallel numba kernel then fights them for the cores: measured with
     bench_train.py, sending even only the N = 65 output head to OpenBLAS made the baby config's
     step 1.6x slower. So OpenBLAS gets only what it runs on one thread (M K N < 2^18, its
-    threading threshold) and products of few rows (generation, one token at a time), where the
-    matmul kernel would spend its time packing B.
+    threading threshold) and, in `inference` (no gradient: generation, one token at a time),
+    products of few rows, where the matmul kernel would spend its time packing B. Not while
+    training: there few rows means a thin layer's weight gradient, as LoRA's x^T dy with x
+    (rows, r), and OpenBLAS's spinning threads made a LoRA fine-tuning step 2.6x slower
+    (examples/finetune_classifier.py --lora-rank 8: 111 s vs 42 s without LoRA).
     """
-    return M < 64 or M * K * N < 1 << 18
+    return M * K * N < 1 << 18 or (inference and M < 64)
 
 
 def _rows(x):
