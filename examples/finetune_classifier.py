@@ -76,7 +76,7 @@ class ClassifierConfig:
     epochs: int = option(30, "passes over the training split")
     max_steps: int = option(0, "stop after this many optimizer steps in all (0: no limit; for smoke tests)")
     batch_size: int = option(16, "lines per optimizer step")
-    learning_rate: float = option(None, "AdamW learning rate, constant (default: 3e-4; 3e-3 with LoRA, "
+    learning_rate: float = option(None, "AdamW peak learning rate (default: 3e-4; 3e-3 with LoRA, "
                                         "whose B starts at zero)", type=float)
     weight_decay: float = option(0.1, "AdamW weight decay (on matrices only)")
     dropout: float = option(0.2, "dropout on the embeddings and residual branches while fine-tuning "
@@ -208,7 +208,8 @@ def main(argv=None):
     # parameters that require a gradient at this moment (see tinygpt/finetune.py)
     optimizer = AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, 3])  # each epoch's Shakespeare lines and their order
-    max_steps = cfg.epochs * -(-2 * n_prose // cfg.batch_size)   # for the schedule: ceil, epochs times
+    steps_per_epoch = -(-2 * n_prose // cfg.batch_size)  # ceil: the last batch may be short
+    warmup, total_steps = steps_per_epoch // 2, cfg.epochs * steps_per_epoch  # for the schedule
     step, t0 = 0, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         train_texts, train_labels = training_lines(wrap(prose, cfg, rng), pool, rng)
@@ -217,7 +218,7 @@ def main(argv=None):
         losses = []
         for b in batches(len(train_seqs), cfg.batch_size, rng):
             if cfg.decay_lr:
-                optimizer.lr = get_lr(step, cfg.learning_rate, cfg.learning_rate / 10, max_steps // cfg.epochs // 2, max_steps)
+                optimizer.lr = get_lr(step, cfg.learning_rate, cfg.learning_rate / 10, warmup, total_steps)
             idx, lengths = pad_batch([train_seqs[i] for i in b], 0, model.config.block_size)
             losses.append(train_step(model, optimizer, cfg.grad_clip, idx=idx, targets=train_labels[b], lengths=lengths))
             step += 1
