@@ -197,8 +197,8 @@ def main(argv=None):
     encode = lambda texts: [encode_known(tokenizer, "\n" + t)[0] for t in texts]  # noqa: E731
     prose = data.pop("train")  # Wharton's training paragraphs, wrapped anew each epoch
     sets = {name: (encode(texts), labels) for name, (texts, labels) in data.items()}
-    n_prose = len(wrap(prose, cfg))  # Wharton lines a epoch (give or take a few, after the shift)
-    print(f"data: train ~{2 * n_prose} lines a epoch (~{n_prose} Wharton, as many Shakespeare drawn from "
+    n_prose = len(wrap(prose, cfg))  # Wharton lines an epoch (give or take a few, after the shift)
+    print(f"data: train ~{2 * n_prose} lines an epoch (~{n_prose} Wharton, as many Shakespeare drawn from "
           f"{len(pool):,}), " + ", ".join(f"{k} {len(v[0])}" for k, v in sets.items())
           + f"; mean length {np.mean([len(s) for s in sets['test'][0]]):.0f} tokens (block_size {model.config.block_size})")
     trainable, total = count_params(model)
