@@ -104,6 +104,24 @@ def test_linear(data, lead, K, M, with_bias, transpose_weight):
     np.testing.assert_allclose(f(tg.Tensor(x), tg.Tensor(w)).data, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("transpose_weight", [False, True])
+@pytest.mark.parametrize("rows,K,M", [(96, 80, 72), (700, 20, 130)])  # the second runs transposed (SWAP_M)
+def test_linear_weight_gradient_adds_into_the_leaf_buffer(transpose_weight, rows, K, M):
+    # once a leaf has a .grad (the optimizer's buffer after zero_grad), the matmul kernel adds the
+    # weight gradient straight into it: same buffer, and the sum of both backward passes
+    rng = np.random.default_rng(rows)
+    x = tg.Tensor(rng.standard_normal((rows, K)).astype(np.float32))
+    w = rng.standard_normal((M, K) if transpose_weight else (K, M)).astype(np.float32)
+    weight = tg.Tensor(w, requires_grad=True)
+    dy = rng.standard_normal((rows, M)).astype(np.float32)
+    F.linear(x, weight, transpose_weight=transpose_weight).backward(dy)
+    buffer = weight.grad
+    F.linear(x, weight, transpose_weight=transpose_weight).backward(dy)
+    assert weight.grad is buffer
+    once = (dy.T @ x.data) if transpose_weight else (x.data.T @ dy)
+    np.testing.assert_allclose(weight.grad, 2 * once, rtol=1e-4, atol=1e-4 * np.sqrt(rows))
+
+
 @settings(max_examples=N)
 @given(data=st.data(), B=st.integers(1, 2), nh=st.integers(1, 3), T=st.integers(1, 7),
        extra=st.integers(0, 3), hs=st.integers(1, 9), causal=st.booleans())

@@ -45,8 +45,9 @@ def close(actual, expected, dtype, k=1.0, scale=None):
 @pytest.mark.parametrize("dtype", DTYPES)
 @settings(max_examples=40)
 @given(seed=seeds, M=st.integers(1, 70), K=st.integers(1, 70), N=st.integers(1, 90),
-       batch=st.sampled_from([None, 1, 3]), layout=st.sampled_from(["c", "a^T", "b^T"]), with_bias=st.booleans())
-def test_matmul_agrees(dtype, seed, M, K, N, batch, layout, with_bias):
+       batch=st.sampled_from([None, 1, 3]), layout=st.sampled_from(["c", "a^T", "b^T"]), with_bias=st.booleans(),
+       accumulate=st.booleans())
+def test_matmul_agrees(dtype, seed, M, K, N, batch, layout, with_bias, accumulate):
     rng = np.random.default_rng(seed)
     lead = () if batch is None else (batch,)
     a, b = rand(rng, lead + (M, K), dtype), rand(rng, lead + (K, N), dtype)
@@ -56,7 +57,15 @@ def test_matmul_agrees(dtype, seed, M, K, N, batch, layout, with_bias):
     elif layout == "b^T":
         b = non_contiguous(b)
     # float32: a K-term dot product of O(1) values, off by ~K eps at worst (scaled by sqrt(K) below)
-    close(jit.matmul(a, b, bias=bias), ref.matmul(a, b, bias=bias), dtype, k=K, scale=np.sqrt(K))
+    if not accumulate:
+        close(jit.matmul(a, b, bias=bias), ref.matmul(a, b, bias=bias), dtype, k=K, scale=np.sqrt(K))
+        return
+    before = rand(rng, lead + (M, N), dtype)  # out += a @ b (+ bias), on both sides
+    out, expected = before.copy(), before.copy()
+    assert jit.matmul(a, b, out=out, bias=bias, accumulate=True) is out
+    assert ref.matmul(a, b, out=expected, bias=bias, accumulate=True) is expected
+    close(out, expected, dtype, k=K, scale=np.sqrt(K))
+    close(out - before, a @ b + (0 if bias is None else bias), dtype, k=K, scale=np.sqrt(K))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -93,20 +102,22 @@ def test_prefer_blas_sends_few_rows_to_openblas_only_in_inference():
     assert not jit_matmul.prefer_blas(768, 128, 384, inference=True)
 
 
-@pytest.mark.parametrize("out_layout", [None, "c", "transposed"])
-def test_matmul_few_rows_long_k_runs_transposed(out_layout):
-    # M <= SWAP_M and M < N < K: matmul computes (B^T A^T)^T; the result and `out` must not notice
+@pytest.mark.parametrize("out_layout,accumulate", [(None, False), ("c", False), ("transposed", False),
+                                                   ("c", True), ("transposed", True)])
+def test_matmul_few_rows_long_k_runs_transposed(out_layout, accumulate):
+    # M <= SWAP_M and M < N < K: matmul computes (B^T A^T)^T, then transposes it into `out` (in
+    # 16 x 16 blocks, adding the bias, or adding into out); the result and `out` must not notice
     rng = np.random.default_rng(2)
     M, K, N = 20, 700, 130
     assert M <= jit_matmul.SWAP_M and M < N < K
     a, b = rand(rng, (M, K), np.float32), rand(rng, (K, N), np.float32)
-    out = {None: None, "c": np.zeros((M, N), np.float32),
-           "transposed": np.zeros((N, M), np.float32).T}[out_layout]
+    before = rand(rng, (M, N), np.float32) if accumulate else np.zeros((M, N), np.float32)
+    out = {None: None, "c": before.copy(), "transposed": np.asfortranarray(before)}[out_layout]
     bias = rand(rng, (N,), np.float32)
-    c = jit.matmul(a, b, out=out, bias=bias)
+    c = jit.matmul(a, b, out=out, bias=bias, accumulate=accumulate)
     assert c.shape == (M, N) and c.flags.c_contiguous == (out_layout != "transposed")
     assert out is None or c is out
-    close(c, ref.matmul(a, b, bias=bias), np.float32, k=K, scale=np.sqrt(K))
+    close(c - before, ref.matmul(a, b, bias=bias), np.float32, k=K, scale=np.sqrt(K))
 
 
 def test_matmul_rejects_bad_shapes():
@@ -121,6 +132,8 @@ def test_matmul_rejects_bad_shapes():
             m.matmul(np.ones((3, 4), np.int64), np.ones((4, 5), np.int64))
         with pytest.raises(ValueError, match=r"bias must have shape \(5,\), got \(4,\)"):
             m.matmul(np.ones((3, 4)), np.ones((4, 5)), bias=np.ones(4))
+        with pytest.raises(ValueError, match="accumulate=True adds into `out`"):
+            m.matmul(np.ones((3, 4)), np.ones((4, 5)), accumulate=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

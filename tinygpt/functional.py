@@ -110,6 +110,18 @@ def _mm(a, b, bias=None):
     return c
 
 
+def _accumulate_mm(param, a, b):
+    """param.grad += a @ b, for a weight gradient. When the parameter is a leaf that already has
+    its gradient buffer (the optimizer's, set by zero_grad), the matmul kernel adds its tiles
+    straight into it: no (in, out) temporary and no second pass to add it in."""
+    grad = param.grad
+    if (param.is_leaf and grad is not None and grad.dtype == a.dtype and grad.flags.writeable
+            and not kernels.prefer_blas(a.shape[0], a.shape[1], b.shape[1])):
+        kernels.matmul(a, b, out=grad, accumulate=True)
+    else:
+        param._accumulate(_mm(a, b))
+
+
 def linear(x, weight, bias=None, transpose_weight=False):
     """y = x @ weight + bias over the last axis: x (..., in) -> (..., out).
 
@@ -139,7 +151,7 @@ def linear(x, weight, bias=None, transpose_weight=False):
         if x.requires_grad:
             x._accumulate(_mm(g, w.T).reshape(x.shape))
         if weight.requires_grad:
-            weight._accumulate(_mm(g.T, x2) if transpose_weight else _mm(x2.T, g))
+            _accumulate_mm(weight, *((g.T, x2) if transpose_weight else (x2.T, g)))
         if bias is not None and bias.requires_grad:
             bias._accumulate(kernels.sum_rows(g))
     out._backward = _backward if out.requires_grad else None

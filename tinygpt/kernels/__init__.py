@@ -17,7 +17,8 @@ compile (or cache load) is paid only by programs that actually run a kernel.
 
 The contract (all arrays are NumPy arrays; float32 in training, float64 accepted for checks):
 
-    matmul(a, b, out=None, bias=None) -> c                       (M,K)@(K,N) or (B,M,K)@(B,K,N), + bias (N,)
+    matmul(a, b, out=None, bias=None, accumulate=False) -> c     (M,K)@(K,N) or (B,M,K)@(B,K,N), + bias (N,);
+                                                                 accumulate: out += the product
     sum_rows(x) -> (C,)                                          x:(N,C), a bias gradient
     attention_forward(q, k, v, causal=True) -> (out, lse)        q:(B,nh,Tq,hs) k,v:(B,nh,Tk,hs)
     attention_backward(q, k, v, out, lse, dout, causal=True) -> (dq, dk, dv)

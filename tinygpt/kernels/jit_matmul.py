@@ -47,10 +47,12 @@ SUM = {"contract", "reassoc"}  # FMAs, and sums in any order (float32 tolerance:
 KERNEL = dict(cache=True, error_model="numpy", fastmath=SUM)
 
 
-def matmul(a, b, out=None, bias=None):
+def matmul(a, b, out=None, bias=None, accumulate=False):
     """(M, K) @ (K, N) -> (M, N), or (B, M, K) @ (B, K, N) -> (B, M, N); plus bias (N,) on every
-    row, added while each tile of C is written out (no second pass over C)."""
-    a, b, bias = ref.check_matmul(a, b, out, bias)
+    row, added while each tile of C is written out (no second pass over C). With `accumulate`,
+    the tiles are added into `out` instead (out += a @ b: a weight gradient, straight into the
+    optimizer's buffer)."""
+    a, b, bias = ref.check_matmul(a, b, out, bias, accumulate)
     M, K = a.shape[-2:]
     N = b.shape[-1]
     if a.ndim == 2 and M <= SWAP_M and M < N < K:
@@ -58,26 +60,30 @@ def matmul(a, b, out=None, bias=None):
         # gradients x^T dy of narrow layers): packing B, K x N, costs more than the M rows that
         # reuse it save. So compute C^T = B^T A^T, which packs the smaller A instead; both transposes are
         # views. Measured: 1.1-1.45x on such shapes with M = 128..384 when K > N; slower when
-        # K < N, and at M = 768.
-        ct = _product(b.T, a.T, None, None)  # (N, M)
+        # K < N, and at M = 768. C^T is then transposed into `out` in blocks (bias or accumulate
+        # on the way). Not written through out.T's strides by the kernel: with M = 512 those
+        # strides map a tile's 64 rows of C to 2 cache sets, and that was 1.3x slower.
+        ct = _product(b.T, a.T, None, None, False)  # (N, M)
         if out is None:
-            out = np.ascontiguousarray(ct.T)
-        else:
-            out[...] = ct.T
-        if bias is not None:  # a second pass over C, but C has only M <= SWAP_M rows here
-            out += bias
+            out = np.empty((M, N), a.dtype)
+        _transpose_into(ct, out, np.zeros(0, a.dtype) if bias is None else bias, accumulate)
         return out
-    return _product(a, b, out, bias)
+    return _product(a, b, out, bias, accumulate)
 
 
-def _product(a, b, out, bias):
+def _product(a, b, out, bias, accumulate):
     batched = a.ndim == 3
     a3, ta = _rows(a if batched else a[None])
     b3, tb = _rows(b if batched else b[None])
     shape = a.shape[:-1] + b.shape[-1:]
-    c = out if out is not None and out.flags.c_contiguous else np.empty(shape, a.dtype)
+    if out is None:
+        c = np.empty(shape, a.dtype)
+    elif out.flags.c_contiguous:
+        c = out
+    else:  # a view: compute into a buffer, then copy
+        c = out.copy() if accumulate else np.empty(shape, a.dtype)
     bias = np.zeros(0, a.dtype) if bias is None else np.ascontiguousarray(bias)  # empty: no bias
-    _matmul(a3, ta, b3, tb, c.reshape((-1,) + shape[-2:]), bias, get_num_threads())
+    _matmul(a3, ta, b3, tb, c if batched else c[None], bias, accumulate, get_num_threads())
     if out is not None and c is not out:
         out[...] = c
         return out
@@ -116,7 +122,7 @@ def _rows(x):
 
 
 @njit(parallel=True, **KERNEL)
-def _matmul(a, ta, b, tb, c, bias, nthreads):
+def _matmul(a, ta, b, tb, c, bias, accumulate, nthreads):
     nbatch, M, N = c.shape
     K = a.shape[1] if ta else a.shape[2]
     K4 = (K + KU - 1) // KU * KU
@@ -133,14 +139,42 @@ def _matmul(a, ta, b, tb, c, bias, nthreads):
                 kc = min(KC, K4 - k0)
                 for item in range(t * items // nthreads, (t + 1) * items // nthreads):
                     bi, i0 = item // mblocks, (item % mblocks) * MR
+                    add, bk = k0 > 0 or accumulate, bias if k0 == 0 else bias[:0]  # bias once
                     if K == K4 and i0 + MR <= M:          # a whole block of A: read it in place
                         for p in range(group):
                             blk = a[bi, k0:k0 + kc, i0:i0 + MR].T if ta else a[bi, i0:i0 + MR, k0:k0 + kc]
-                            _tile(blk, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, k0 > 0, bias)
+                            _tile(blk, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, add, bk)
                     else:                                 # an edge: pack it, zero-padded
                         _pack_a(a[bi], ta, i0, k0, ap[:kc])
                         for p in range(group):
-                            _tile(ap[:kc].T, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, k0 > 0, bias)
+                            _tile(ap[:kc].T, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, add, bk)
+
+
+@njit(parallel=True, **KERNEL)
+def _transpose_into(src, dst, bias, accumulate):
+    """dst (M, N) = src (N, M)^T + bias (or +=, if `accumulate`), in 16 x 16 blocks: a block's
+    16 rows of src and 16 rows of dst stay in L1. 4-5x NumPy's ascontiguousarray(src.T), which
+    goes row by row of dst and took as long as the product itself for a (512, 128) C."""
+    M, N = dst.shape
+    for ib in prange((M + 15) // 16):
+        i0 = ib * 16
+        mi = min(16, M - i0)
+        for j0 in range(0, N, 16):
+            nj = min(16, N - j0)
+            blk, out = src[j0:j0 + nj, i0:i0 + mi], dst[i0:i0 + mi, j0:j0 + nj]
+            if accumulate:
+                for i in range(mi):
+                    for j in range(nj):
+                        out[i, j] += blk[j, i]
+            else:
+                for i in range(mi):
+                    for j in range(nj):
+                        out[i, j] = blk[j, i]
+            if bias.size:
+                b = bias[j0:j0 + nj]
+                for i in range(mi):
+                    for j in range(nj):
+                        out[i, j] += b[j]
 
 
 @njit(**KERNEL)
@@ -174,23 +208,24 @@ def _pack_a(a, transposed, i0, k0, ap):
 
 @njit(**KERNEL)
 def _tile(a, panel, c, i0, j0, accumulate, bias):
-    """c[i0:i0+MR, j0:j0+NB] (+)= a (MR, kc) @ panel (kc, NB), writing only the part inside c.
-    When not accumulating (the first K block), bias[j0:j0+NB] is added too, unless bias is empty."""
+    """c[i0:i0+MR, j0:j0+NB] (+)= a (MR, kc) @ panel (kc, NB) (+ bias[j0:j0+NB], unless bias is
+    empty), writing only the part inside c."""
     ct = stack_empty(TILE, c.dtype)  # the (MR, NB) tile, row r at ct[r*NB : (r+1)*NB]
     ct[:] = 0
     gemm6(a, panel, ct, NB, NB, panel.shape[0])
     M, N = c.shape
-    for r in range(min(MR, M - i0)):
+    n, m = min(NB, N - j0), min(MR, M - i0)
+    for r in range(m):
         crow, trow = c[i0 + r, j0:], ct[r * NB:(r + 1) * NB]
-        if accumulate:
-            for j in range(min(NB, N - j0)):
-                crow[j] += trow[j]
-        elif bias.size:
+        if bias.size:
             brow = bias[j0:]
-            for j in range(min(NB, N - j0)):
-                crow[j] = trow[j] + brow[j]
+            for j in range(n):
+                trow[j] += brow[j]
+        if accumulate:
+            for j in range(n):
+                crow[j] += trow[j]
         else:
-            for j in range(min(NB, N - j0)):
+            for j in range(n):
                 crow[j] = trow[j]
 
 

@@ -19,13 +19,16 @@ GELU_C = np.sqrt(2.0 / np.pi)  # GPT-2's gelu(x) ~ 0.5 x (1 + tanh(C (x + 0.0447
 
 # ---------------------------------------------------------------------------------------- matmul
 
-def matmul(a, b, out=None, bias=None):
+def matmul(a, b, out=None, bias=None, accumulate=False):
     """(M, K) @ (K, N) -> (M, N), or batched (B, M, K) @ (B, K, N) -> (B, M, N); plus bias (N,)
-    added to every row, if given."""
-    a, b, bias = check_matmul(a, b, out, bias)
-    c = np.matmul(a, b, out=out)
+    added to every row, if given. With `accumulate`, the result is added to `out` (out += a @ b)."""
+    a, b, bias = check_matmul(a, b, out, bias, accumulate)
+    c = np.matmul(a, b) if accumulate else np.matmul(a, b, out=out)
     if bias is not None:
         c += bias
+    if accumulate:
+        out += c
+        return out
     return c
 
 
@@ -246,8 +249,10 @@ def check_same(name, x, *others):
     return out
 
 
-def check_matmul(a, b, out=None, bias=None):
+def check_matmul(a, b, out=None, bias=None, accumulate=False):
     a, b = check_float("matmul", a), np.asarray(b).astype(np.asarray(a).dtype, copy=False)
+    if accumulate and out is None:
+        raise ValueError("matmul with accumulate=True adds into `out`: pass out=")
     batched = a.ndim == 3 and b.ndim == 3 and a.shape[0] == b.shape[0]
     if not ((a.ndim == 2 and b.ndim == 2) or batched) or a.shape[-1] != b.shape[-2]:
         raise ValueError(f"matmul expects (M, K) @ (K, N) or (B, M, K) @ (B, K, N), got {a.shape} @ {b.shape}")
