@@ -185,10 +185,13 @@ def _pack_b(b, transposed, j0, panel):
     panel[K:] = 0              # the padding only: zeroing the whole panel would double the stores
     if nr < NB:
         panel[:, nr:] = 0
-    if transposed:
-        for j in range(nr):
-            for k in range(K):
-                panel[k, j] = b[j0 + j, k]
+    if transposed:  # a transpose, 16 rows of the panel at a time (they stay in L1 while j sweeps)
+        for k0 in range(0, K, 16):
+            kn = min(16, K - k0)
+            for j in range(nr):
+                row = b[j0 + j, k0:k0 + kn]
+                for k in range(kn):
+                    panel[k0 + k, j] = row[k]
     else:
         for k in range(K):
             for j in range(nr):
