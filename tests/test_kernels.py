@@ -422,10 +422,12 @@ def test_attention_agrees(dtype, seed, B, nh, Tq, extra, hs, causal, layout, big
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("Tq,Tk,hs,causal", [(1, 1, 4, True), (1, 9, 8, True), (1, 9, 8, False), (5, 5, 1, True),
                                              (13, 13, 17, True), (50, 97, 24, False), (130, 130, 128, True),
-                                             (3, 3, 130, True)])
+                                             (3, 3, 130, True), (64, 64, 32, True), (25, 33, 16, True),
+                                             (100, 100, 64, True)])
 def test_attention_edge_shapes(dtype, Tq, Tk, hs, causal):
     # T = 1, a KV-cache step (Tq = 1 < Tk), head sizes off the tile (1, 17, 24), the stack limit
-    # (128), and beyond it (130: the NumPy fallback)
+    # (128), and beyond it (130: the NumPy fallback); causal edges where a query block sees only
+    # part of a key block (T = 64: 32 and 16 of its 48 keys; 25 x 33: 32 of them)
     rng = np.random.default_rng(Tq * Tk * hs)
     q, k, v, dout = rand(rng, (2, 3, Tq, hs), dtype), rand(rng, (2, 3, Tk, hs), dtype), \
         rand(rng, (2, 3, Tk, hs), dtype), rand(rng, (2, 3, Tq, hs), dtype)
