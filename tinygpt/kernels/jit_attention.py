@@ -89,7 +89,7 @@ def _width(keys):
     """Columns of a key block to compute when its rows see at most `keys` of its keys (>= 1):
     that many rounded up to whole SIMD vectors, at most BC. On the causal diagonal this skips
     the keys no row sees: at T = 64, 3456 scores a head instead of 4608, and the forward is
-    1.2x faster. The forward only: the backward measured no faster at T = 64 and 1.08x slower
+    1.15-1.2x faster. The forward only: the backward measured no faster at T = 64 and 1.08x slower
     at T = 256 with it, so it computes whole key blocks."""
     return min(BC, _pad(keys, LANES))
 

@@ -153,7 +153,7 @@ def _matmul(a, ta, b, tb, c, bias, accumulate, nthreads):
 @njit(parallel=True, **KERNEL)
 def _transpose_into(src, dst, bias, accumulate):
     """dst (M, N) = src (N, M)^T + bias (or +=, if `accumulate`), in 16 x 16 blocks: a block's
-    16 rows of src and 16 rows of dst stay in L1. 4-5x NumPy's ascontiguousarray(src.T), which
+    16 rows of src and 16 rows of dst stay in L1. 3-4x NumPy's ascontiguousarray(src.T), which
     goes row by row of dst and took as long as the product itself for a (512, 128) C."""
     M, N = dst.shape
     for ib in prange((M + 15) // 16):
