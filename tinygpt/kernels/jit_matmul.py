@@ -137,9 +137,9 @@ def _matmul(a, ta, b, tb, c, bias, accumulate, nthreads):
             ap = np.empty((KC, MR), c.dtype)
             for k0 in range(0, K4, KC):                   # K blocks, for large K only
                 kc = min(KC, K4 - k0)
+                add, bk = k0 > 0 or accumulate, bias if k0 == 0 else bias[:0]  # the bias once, with the first K block
                 for item in range(t * items // nthreads, (t + 1) * items // nthreads):
                     bi, i0 = item // mblocks, (item % mblocks) * MR
-                    add, bk = k0 > 0 or accumulate, bias if k0 == 0 else bias[:0]  # bias once
                     if K == K4 and i0 + MR <= M:          # a whole block of A: read it in place
                         for p in range(group):
                             blk = a[bi, k0:k0 + kc, i0:i0 + MR].T if ta else a[bi, i0:i0 + MR, k0:k0 + kc]
@@ -217,11 +217,10 @@ def _tile(a, panel, c, i0, j0, accumulate, bias):
     ct[:] = 0
     gemm6(a, panel, ct, NB, NB, panel.shape[0])
     M, N = c.shape
-    n, m = min(NB, N - j0), min(MR, M - i0)
+    n, m, brow = min(NB, N - j0), min(MR, M - i0), bias[j0:]
     for r in range(m):
         crow, trow = c[i0 + r, j0:], ct[r * NB:(r + 1) * NB]
         if bias.size:
-            brow = bias[j0:]
             for j in range(n):
                 trow[j] += brow[j]
         if accumulate:
