@@ -4,12 +4,17 @@
     python examples/finetune_classifier.py                     # last block + ln_f + a new head train
     python examples/finetune_classifier.py --lora-rank 8       # LoRA on the last block instead
     python examples/finetune_classifier.py --trainable-blocks 4 --learning-rate 6e-4   # every block
+    python examples/finetune_classifier.py --trainable-blocks 4 --learning-rate 6e-4 --lm-weight 0.5
+                                                               # every block, with GPT-1's LM loss
 
 Start: the checkpoint of train_shakespeare.py (--init-from, its tokenizer is read next to it). Its
 output head over the vocabulary is replaced by a 2-class head read at each line's last token
 (tinygpt/finetune.py: GPTClassifier). Everything else is frozen except the last
 --trainable-blocks blocks and ln_f, or, with --lora-rank R, everything except the LoRA matrices
-on the chosen projections (--lora-blocks, --lora-targets) and the new head. The learning rate
+on the chosen projections (--lora-blocks, --lora-targets) and the new head. With --lm-weight W,
+the loss is GPT-1's (Radford et al. 2018, section 3.2): the class loss plus W times the
+next-token loss on the line itself, read through the tied embedding as in pretraining; it keeps
+the fine-tuned blocks a language model of both authors' text. The learning rate
 warms up over half an epoch, then falls along a cosine to a tenth of its peak. Accuracy on the
 train, val and test splits is printed after every epoch; the final weights are kept, their test
 accuracy is reported, and the classifier (LoRA merged in) is saved to --out-dir/classifier.npz
@@ -83,6 +88,8 @@ class ClassifierConfig:
                                  "(replaces the base model's; the data set is small)")
     decay_lr: bool = option(True, "warm up over the first half epoch, then let the learning rate fall "
                                   "along a cosine to a tenth of it by the last step (else constant)")
+    lm_weight: float = option(0.0, "weight of GPT-1's auxiliary language-modelling loss on the training lines "
+                                   "(0: the class loss alone)")
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0: no clipping)")
     trainable_blocks: int = option(1, "without LoRA: how many of the last blocks train (with ln_f and the head)")
     lora_rank: int = option(0, "LoRA rank (0: no LoRA, fine-tune --trainable-blocks instead)")
@@ -100,6 +107,8 @@ class ClassifierConfig:
         for name in ("max_steps", "trainable_blocks", "lora_rank", "lora_blocks"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.lm_weight < 0:
+            raise ValueError(f"--lm-weight must be >= 0, got {self.lm_weight}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.learning_rate is None:
@@ -220,7 +229,8 @@ def main(argv=None):
             if cfg.decay_lr:
                 optimizer.lr = get_lr(step, cfg.learning_rate, cfg.learning_rate / 10, warmup, total_steps)
             idx, lengths = pad_batch([train_seqs[i] for i in b], 0, model.config.block_size)
-            losses.append(train_step(model, optimizer, cfg.grad_clip, idx=idx, targets=train_labels[b], lengths=lengths))
+            losses.append(train_step(model, optimizer, cfg.grad_clip, idx=idx, targets=train_labels[b], lengths=lengths,
+                                     lm_weight=cfg.lm_weight))
             step += 1
             if step == cfg.max_steps:
                 break

@@ -87,6 +87,26 @@ def test_classification_loss_is_on_the_last_real_token():
         np.testing.assert_allclose(alone, logits.data[i], rtol=1e-10, atol=1e-12)
 
 
+def test_auxiliary_lm_loss_is_the_base_gpts_loss_on_the_real_tokens():
+    gpt = GPT(SMALL, seed=2, dtype=np.float64).eval()
+    model = GPTClassifier.from_gpt(gpt, 2, seed=0).eval()
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 40, (3, 7))  # junk padding after `lengths`
+    lengths, targets = np.array([7, 2, 5]), np.array([1, 0, 1])
+    _, class_loss = model(idx, targets, lengths)
+    _, loss = model(idx, targets, lengths, lm_weight=0.3)
+    # the peer: the GPT's own next-token loss on each row without its padding, weighted by the
+    # number of predicted tokens (length - 1) so that it is a mean over all of them
+    total = sum(gpt(idx[i:i + 1, :n - 1], idx[i:i + 1, 1:n])[1].item() * (n - 1) for i, n in enumerate(lengths))
+    np.testing.assert_allclose(loss.item() - class_loss.item(), 0.3 * total / (lengths - 1).sum(), rtol=1e-10)
+    # and it has a gradient: the term's alone is the total's minus the class loss's
+    loss.backward()
+    total_grad = model.transformer.h[0].attn.c_attn.weight.grad.copy()
+    model.zero_grad()
+    class_loss.backward()
+    assert np.abs(total_grad - model.transformer.h[0].attn.c_attn.weight.grad).max() > 1e-6
+
+
 def test_classifier_from_gpt_copies_the_weights_and_checks_input():
     gpt = GPT(SMALL, seed=3)
     model = GPTClassifier.from_gpt(gpt, 2, seed=0)
@@ -260,10 +280,11 @@ def test_classifier_data_is_balanced_and_split_by_paragraph():
 
 
 @needs_data
-@pytest.mark.parametrize("lora", [[], ["--lora-rank", "2"]])
-def test_finetune_classifier_example_runs(char_checkpoint, tmp_path, lora):
+@pytest.mark.parametrize("options", [[], ["--lora-rank", "2"], ["--lm-weight", "0.5"]],
+                         ids=["last-block", "lora", "lm-loss"])
+def test_finetune_classifier_example_runs(char_checkpoint, tmp_path, options):
     out = run_example("finetune_classifier.py", "--init-from", str(char_checkpoint), "--out-dir", str(tmp_path),
-                      "--epochs", "1", "--max-steps", "3", "--batch-size", "8", *lora)
+                      "--epochs", "1", "--max-steps", "3", "--batch-size", "8", *options)
     assert "test accuracy:" in out and "trainable parameters:" in out
     ckpt = read_checkpoint(str(tmp_path / "classifier.npz"))
     model = GPTClassifier(GPTConfig(**ckpt.config["model"]), num_classes=2)

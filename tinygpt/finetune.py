@@ -96,12 +96,17 @@ class GPTClassifier(GPT):
         """The class head instead of the tied embedding: x (..., C) -> (..., num_classes)."""
         return self.lm_head(x)
 
-    def forward(self, idx, targets=None, lengths=None):
+    def forward(self, idx, targets=None, lengths=None, lm_weight=0.0):
         """idx (B, T) token ids, right-padded; lengths (B,) real tokens per row (default: all T)
         -> (logits (B, num_classes), mean cross-entropy against class ids `targets` (B,) or None).
 
         Padding needs no mask: position lengths-1 attends only to positions 0..lengths-1, so the
         pad tokens to its right, whatever their id, change nothing.
+
+        With `lm_weight` > 0 (and targets), the loss also has GPT-1's auxiliary language-modelling
+        term (Radford et al. 2018, section 3.2): loss = class loss + lm_weight * the mean
+        next-token cross-entropy over each row's real tokens, read through the tied token
+        embedding as in pretraining. It keeps the fine-tuned blocks good at modelling text.
         """
         idx = self._check_idx(idx, self.config.block_size)
         B, T = idx.shape
@@ -119,7 +124,18 @@ class GPTClassifier(GPT):
                     or targets.max() >= self.num_classes:
                 raise ValueError(f"targets must be {B} class ids in [0, {self.num_classes}), got {targets}")
             loss = F.cross_entropy(logits, targets)
+            if lm_weight:
+                loss = loss + lm_weight * self._lm_loss(x, idx, lengths)
         return logits, loss
+
+    def _lm_loss(self, x, idx, lengths):
+        """Mean next-token cross-entropy of hidden states x (B, T', C) against idx (B, T),
+        counting only targets that are real tokens (position j predicts token j + 1 < length)."""
+        T = x.shape[1]
+        targets = idx[:, 1:T].copy()                                     # (B, T'-1)
+        targets[np.arange(1, T)[None, :] >= lengths[:, None]] = IGNORE_INDEX
+        logits = F.linear(x[:, :-1], self.transformer.wte.weight, transpose_weight=True)  # (B, T'-1, V)
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
 
 
 def pad_batch(seqs, pad_id, block_size):
