@@ -15,11 +15,12 @@ format_prompt) followed by its output and an end-of-text token; `collate` pads b
 end-of-text and masks all but the first pad of each row in the targets. --mask-prompt also masks
 the prompt, so that only the response is learned.
 
-After each epoch the val loss is printed, with the model's answer to the first val prompt. At
-the end the model answers every test prompt (greedy, up to --max-new-tokens, stopping at
-end-of-text) and the entries, each with its "model_response", are written to
---out-dir/test-responses.json. The fine-tuned model (LoRA merged in) is saved next to it: a
-GPT-2 folder `model/` for a GPT-2 start, else `ckpt.npz` with `tokenizer.tok`.
+The val loss is printed before training and after each epoch, with the model's answer to the
+first val prompt after each epoch. At the end the model answers every test prompt (greedy, up
+to --max-new-tokens, stopping at end-of-text) and the entries, each with its "model_response",
+are written (atomically) to --out-dir/test-responses.json. The fine-tuned model (LoRA merged
+in) is saved next to it: a GPT-2 folder `model/` for a GPT-2 start, else `ckpt.npz` with
+`tokenizer.tok`.
 
 Small models, and what is done for them:
 - End-of-text. GPT-2's tokenizer has <|endoftext|> (50256). A character (or self-trained BPE)
@@ -49,6 +50,7 @@ import numpy as np
 
 from tinygpt import functional
 from tinygpt.checkpoint import save_checkpoint
+from tinygpt.data import atomic_write
 from tinygpt.cli import load_for_sampling
 from tinygpt.finetune import (batches, collate, count_params, encode_known, ensure_eot, format_prompt,
                               generate_response, mean_loss, option, parse_config, set_trainable, split,
@@ -155,6 +157,7 @@ def main(argv=None):
 
     val_batches = [make_batch(b, val_seqs, val_prompts, eot, cfg, block_size)
                    for b in batches(len(val_seqs), cfg.batch_size)]
+    print(f"before fine-tuning: val loss {mean_loss(model, val_batches):.4f}")
     rng = np.random.default_rng([cfg.seed, 1])  # the order of the training entries, each epoch
     model.train()
     step, t0, done = 0, time.perf_counter(), False
@@ -183,9 +186,8 @@ def main(argv=None):
         if i < 3:
             print(f"--- test {i}: {entry['instruction']!r}\n  expected: {entry['output']!r}\n"
                   f"  model:    {results[-1]['model_response']!r}")
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "test-responses.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2, ensure_ascii=False)
+    text = json.dumps(results, indent=2, ensure_ascii=False)
+    atomic_write(os.path.join(cfg.out_dir, "test-responses.json"), lambda f: f.write(text.encode("utf-8")))
     print(f"wrote {len(results)} responses to {os.path.join(cfg.out_dir, 'test-responses.json')} "
           f"({time.perf_counter() - t0:.0f}s)")
 
