@@ -50,8 +50,8 @@ import numpy as np
 
 from tinygpt import functional
 from tinygpt.checkpoint import save_checkpoint
-from tinygpt.data import atomic_write
 from tinygpt.cli import load_for_sampling
+from tinygpt.data import atomic_write
 from tinygpt.finetune import (batches, collate, count_params, encode_known, ensure_eot, format_prompt,
                               generate_response, mean_loss, option, parse_config, set_trainable, split,
                               train_step)

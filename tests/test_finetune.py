@@ -105,6 +105,12 @@ def test_auxiliary_lm_loss_is_the_base_gpts_loss_on_the_real_tokens():
     model.zero_grad()
     class_loss.backward()
     assert np.abs(total_grad - model.transformer.h[0].attn.c_attn.weight.grad).max() > 1e-6
+    # rows of one token predict nothing: the term is 0, not NaN; a negative weight is refused
+    _, loss = model(idx[:, :1], targets, np.ones(3, dtype=np.int64), lm_weight=0.3)
+    np.testing.assert_allclose(loss.item(), model(idx[:, :1], targets)[1].item(), rtol=1e-12)
+    loss.backward()
+    with pytest.raises(ValueError, match="lm_weight"):
+        model(idx, targets, lengths, lm_weight=-1.0)
 
 
 def test_classifier_from_gpt_copies_the_weights_and_checks_input():

@@ -124,6 +124,8 @@ class GPTClassifier(GPT):
                     or targets.max() >= self.num_classes:
                 raise ValueError(f"targets must be {B} class ids in [0, {self.num_classes}), got {targets}")
             loss = F.cross_entropy(logits, targets)
+            if lm_weight < 0:
+                raise ValueError(f"lm_weight must be >= 0, got {lm_weight}")
             if lm_weight:
                 loss = loss + lm_weight * self._lm_loss(x, idx, lengths)
         return logits, loss
@@ -134,7 +136,7 @@ class GPTClassifier(GPT):
         T = x.shape[1]
         targets = idx[:, 1:T].copy()                                     # (B, T'-1)
         targets[np.arange(1, T)[None, :] >= lengths[:, None]] = IGNORE_INDEX
-        logits = F.linear(x[:, :-1], self.transformer.wte.weight, transpose_weight=True)  # (B, T'-1, V)
+        logits = super()._logits(x[:, :-1])  # GPT's head, the tied embedding: (B, T'-1, V)
         return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
 
 
