@@ -106,7 +106,7 @@ class GPTClassifier(GPT):
         With `lm_weight` > 0 (and targets), the loss also has GPT-1's auxiliary language-modelling
         term (Radford et al. 2018, section 3.2): loss = class loss + lm_weight * the mean
         next-token cross-entropy over each row's real tokens, read through the tied token
-        embedding as in pretraining. It keeps the fine-tuned blocks good at modelling text.
+        embedding as in pretraining. GPT-1 found that it helps the fine-tuned model generalise.
         """
         idx = self._check_idx(idx, self.config.block_size)
         B, T = idx.shape
