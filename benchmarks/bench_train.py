@@ -361,6 +361,9 @@ def main(argv=None):
                 json.dump(out, f, indent=2)
         return
     try:
+        # subtle: torch is imported before tinygpt's numba kernels load. The other way round,
+        # PyTorch's baby step took ~1.77 s instead of ~0.05 s on the 2-core EPYC (three runs);
+        # both use OpenMP, and the likely cause is two OpenMP runtimes spinning for the cores.
         import torch  # noqa: F401
         with_torch = not args.no_torch
     except ImportError:

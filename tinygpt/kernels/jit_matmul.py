@@ -100,12 +100,13 @@ def prefer_blas(M, K, N, inference=False):
     step, OpenBLAS's worker threads spin for up to ~0.1 s after each call, and on a 2-core
     machine the next parallel numba kernel then fights them for the cores: measured with
     bench_train.py, sending even only the N = 65 output head to OpenBLAS made the baby config's
-    step 1.6x slower. So OpenBLAS gets only what it runs on one thread (M K N < 2^18, its
-    threading threshold) and, in `inference` (no gradient: generation, one token at a time),
-    products of few rows, where the matmul kernel would spend its time packing B. Not while
-    training: there few rows means a thin layer's weight gradient, as LoRA's x^T dy with x
-    (rows, r), and OpenBLAS's spinning threads made LoRA fine-tuning 2x slower
-    (examples/finetune_classifier.py --lora-rank 8, 30 epochs: 111 s, and 56 s with this rule).
+    step 1.6x slower on an Intel Xeon and ~2x slower on an AMD EPYC (every product: 6-8x).
+    So OpenBLAS gets only what it runs on one thread (M K N < 2^18, its threading threshold)
+    and, in `inference` (no gradient: generation, one token at a time), products of few rows,
+    where the matmul kernel would spend its time packing B. Not while training: there few rows
+    means a thin layer's weight gradient, as LoRA's x^T dy with x (rows, r), and OpenBLAS's
+    spinning threads made LoRA fine-tuning 2x slower (examples/finetune_classifier.py
+    --lora-rank 8, 30 epochs: 111 s, and 56 s with this rule).
     """
     return M * K * N < 1 << 18 or (inference and M < 64)
 
