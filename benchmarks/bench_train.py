@@ -362,8 +362,8 @@ def main(argv=None):
         return
     try:
         # subtle: torch is imported before tinygpt's numba kernels load. The other way round,
-        # PyTorch's baby step took 1.8 s instead of ~0.06 s on the 2-core EPYC (four runs; a
-        # plain torch matmul was not slowed). Both use OpenMP: likely two runtimes competing.
+        # PyTorch's baby step took 1.76-1.83 s instead of ~0.06 s on the 2-core EPYC (eight
+        # runs; a plain torch matmul was not slowed). Both use OpenMP: likely two runtimes competing.
         import torch  # noqa: F401
         with_torch = not args.no_torch
     except ImportError:
