@@ -15,10 +15,12 @@ Conventions:
 - `Linear.weight` is (in_features, out_features), GPT-2's "Conv1D" layout, so forward is
   `x @ weight + bias` with no transpose and Hugging Face GPT-2 weights load one to one.
 """
+import contextlib
+
 import numpy as np
 
 from . import functional as F
-from .tensor import Tensor
+from .tensor import Tensor, no_grad
 
 
 class Parameter(Tensor):
@@ -131,6 +133,24 @@ class Module:
             if k in values:
                 p.data[...] = values[k]
         return missing, unexpected
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """Inside the block: eval mode (no dropout) and no graph. Afterwards every module is back in
+    the mode it was in, mixed modes included. The one way tinygpt evaluates or generates:
+
+        with evaluating(model):
+            logits, loss = model(x, y)
+    """
+    modes = [(m, m.training) for _, m in model.named_modules()]
+    model.eval()
+    try:
+        with no_grad():
+            yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def _normal(shape, std, dtype, rng):
