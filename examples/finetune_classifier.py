@@ -57,14 +57,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinygpt import functional
-from tinygpt.checkpoint import save_checkpoint
-from tinygpt.cli import load_for_sampling
-from tinygpt.finetune import (GPTClassifier, accuracy, batches, count_params, encode_known, option,
-                              pad_batch, parse_config, set_trainable, split, train_step)
-from tinygpt.lora import LORA_PATTERNS, apply_lora, merged_state_dict
+from tinygpt.checkpoint import load_model, save_checkpoint
+from tinygpt.config import option, parse_config
+from tinygpt.data import batches
+from tinygpt.finetune import GPTClassifier, accuracy, count_params, encode_known, pad_batch, set_trainable, split
+from tinygpt.lora import LORA_PATTERNS, apply_lora, block_targets, merged_state_dict
 from tinygpt.nn import Dropout
 from tinygpt.optim import AdamW, get_lr
 from tinygpt.runtime import keep_freed_memory
+from tinygpt.train import train_step
 
 CLASSES = ("Shakespeare", "Wharton")
 SPEAKER = re.compile(r"([A-Z][\w']*\s?){1,4}:")  # "ROMEO:", "First Citizen:", "KING RICHARD III:"
@@ -174,22 +175,21 @@ def training_lines(prose, pool, rng):
 
 def build_model(cfg, log=print):
     """(classifier, tokenizer): the base checkpoint with a new head, frozen as cfg says."""
-    base, tokenizer = load_for_sampling(cfg.init_from)
+    base, tokenizer = load_model(cfg.init_from)
     model = GPTClassifier.from_gpt(base, len(CLASSES), seed=cfg.seed).train()
     for _, module in model.named_modules():
         if isinstance(module, Dropout):
             module.p = cfg.dropout
     n_layer = model.config.n_layer
     if cfg.lora_rank:
-        last = range(max(n_layer - cfg.lora_blocks, 0), n_layer)
-        targets = [f"transformer.h.{i}.{t.strip()}" for i in last for t in cfg.lora_targets.split(",")]
+        targets = block_targets(n_layer, cfg.lora_blocks, cfg.lora_targets.split(","))
         wrapped = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, targets, seed=cfg.seed)
-        set_trainable(model, LORA_PATTERNS + ("lm_head.*",))
+        set_trainable(model, LORA_PATTERNS + ("out_head.*",))
         log(f"LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha} on {', '.join(wrapped)}")
     else:
-        last = range(max(n_layer - cfg.trainable_blocks, 0), n_layer)
-        set_trainable(model, [f"transformer.h.{i}.*" for i in last] + ["transformer.ln_f.*", "lm_head.*"])
-        log(f"training blocks {list(last)}, ln_f and the head")
+        blocks = block_targets(n_layer, cfg.trainable_blocks, ["*"])
+        set_trainable(model, blocks + ["transformer.ln_f.*", "out_head.*"])
+        log(f"training the last {cfg.trainable_blocks} of {n_layer} blocks, ln_f and the head")
     return model, tokenizer
 
 
@@ -229,8 +229,8 @@ def main(argv=None):
             if cfg.decay_lr:
                 optimizer.lr = get_lr(step, cfg.learning_rate, cfg.learning_rate / 10, warmup, total_steps)
             idx, lengths = pad_batch([train_seqs[i] for i in b], 0, model.config.block_size)
-            losses.append(train_step(model, optimizer, cfg.grad_clip, idx=idx, targets=train_labels[b], lengths=lengths,
-                                     lm_weight=cfg.lm_weight))
+            batch = {"idx": idx, "targets": train_labels[b], "lengths": lengths, "lm_weight": cfg.lm_weight}
+            losses.append(train_step(model, optimizer, [batch], cfg.grad_clip)[0])
             step += 1
             if step == cfg.max_steps:
                 break

@@ -49,17 +49,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinygpt import functional
-from tinygpt.checkpoint import save_checkpoint
-from tinygpt.cli import load_for_sampling
-from tinygpt.data import atomic_write
-from tinygpt.finetune import (batches, collate, count_params, encode_known, ensure_eot, format_prompt,
-                              generate_response, mean_loss, option, parse_config, set_trainable, split,
-                              train_step)
-from tinygpt.lora import LORA_PATTERNS, apply_lora, merge_lora, merged_state_dict
+from tinygpt.checkpoint import load_model, save_checkpoint
+from tinygpt.config import option, parse_config
+from tinygpt.data import batches
+from tinygpt.fileio import atomic_write
+from tinygpt.finetune import (collate, count_params, encode_known, ensure_eot, format_prompt, generate_response,
+                              set_trainable, split)
+from tinygpt.lora import LORA_PATTERNS, apply_lora, block_targets, merge_lora, merged_state_dict
 from tinygpt.model import GPT
 from tinygpt.optim import AdamW
 from tinygpt.runtime import keep_freed_memory
-from tinygpt.tokenizer import BPETokenizer
+from tinygpt.train import mean_loss, train_step
 
 
 @dataclass
@@ -94,15 +94,6 @@ class InstructConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
 
-def load_model(cfg):
-    """(model, tokenizer, is_gpt2): a GPT-2 folder with GPT-2's tokenizer, or a tinygpt checkpoint
-    with the tokenizer saved beside it."""
-    if os.path.isdir(cfg.init_from):
-        return GPT.from_pretrained(cfg.init_from), BPETokenizer.from_gpt2(), True
-    model, tokenizer = load_for_sampling(cfg.init_from)
-    return model, tokenizer, False
-
-
 def encode_entries(entries, tokenizer):
     """(prompt ids + response ids, prompt lengths, characters dropped) for a list of entries."""
     seqs, prompt_lengths, dropped = [], [], 0
@@ -130,10 +121,11 @@ def main(argv=None):
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        model, tokenizer, is_gpt2 = load_model(cfg)
+        model, tokenizer = load_model(cfg.init_from)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e} (set $TINYGPT_DATA_DIR or pass --data / --init-from)", file=sys.stderr)
         return 2
+    is_gpt2 = os.path.isdir(cfg.init_from)  # a Hugging Face folder: saved back as one
     train_data, test_data, val_data = split(data, (0.85, 0.10, 0.05), cfg.seed)
     eot = ensure_eot(model, tokenizer)  # before the optimizer: it may grow the embedding
     block_size = model.config.block_size
@@ -146,8 +138,7 @@ def main(argv=None):
 
     if cfg.lora_rank:
         n_layer = model.config.n_layer
-        last = range(max(n_layer - (cfg.lora_blocks or n_layer), 0), n_layer)
-        targets = [f"transformer.h.{i}.{t.strip()}" for i in last for t in cfg.lora_targets.split(",")]
+        targets = block_targets(n_layer, cfg.lora_blocks or n_layer, cfg.lora_targets.split(","))
         wrapped = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, targets, seed=cfg.seed)
         set_trainable(model, LORA_PATTERNS)
         print(f"LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha} on {len(wrapped)} layers")
@@ -163,7 +154,8 @@ def main(argv=None):
     step, t0, done = 0, time.perf_counter(), False
     for epoch in range(1, cfg.epochs + 1):
         for b in batches(len(train_seqs), cfg.batch_size, rng):
-            loss = train_step(model, optimizer, cfg.grad_clip, **make_batch(b, train_seqs, train_prompts, eot, cfg, block_size))
+            batch = make_batch(b, train_seqs, train_prompts, eot, cfg, block_size)
+            loss, _ = train_step(model, optimizer, [batch], cfg.grad_clip)
             step += 1
             if step % cfg.log_interval == 0:
                 print(f"epoch {epoch} step {step}: loss {loss:.4f} | {time.perf_counter() - t0:.0f}s")

@@ -18,10 +18,11 @@ from tinygpt import finetune
 from tinygpt import functional as F
 from tinygpt.checkpoint import read_checkpoint, save_checkpoint
 from tinygpt.finetune import (GPTClassifier, collate, count_params, encode_known, ensure_eot, format_prompt,
-                              pad_batch, set_trainable, split, train_step)
+                              pad_batch, set_trainable, split)
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.optim import AdamW
 from tinygpt.tokenizer import CharTokenizer
+from tinygpt.train import train_step
 
 SMALL = GPTConfig(vocab_size=40, block_size=16, n_layer=3, n_head=2, n_embd=16)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,14 +30,14 @@ needs_data = pytest.mark.skipif(not DATA_DIR, reason="needs $TINYGPT_DATA_DIR")
 
 
 def last_block_head_patterns(n_layer):
-    return [f"transformer.h.{n_layer - 1}.*", "transformer.ln_f.*", "lm_head.*"]
+    return [f"transformer.h.{n_layer - 1}.*", "transformer.ln_f.*", "out_head.*"]
 
 
 # ---- freezing ------------------------------------------------------------------------------------
 def test_frozen_parameters_get_no_gradient_and_stay_bit_identical():
     model = GPTClassifier(SMALL, num_classes=2, seed=0)
     names = set_trainable(model, last_block_head_patterns(SMALL.n_layer))
-    assert names and all(n.startswith(("transformer.h.2.", "transformer.ln_f.", "lm_head.")) for n in names)
+    assert names and all(n.startswith(("transformer.h.2.", "transformer.ln_f.", "out_head.")) for n in names)
     frozen = {n: p.data.copy() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = {n: p.data.copy() for n, p in model.named_parameters() if p.requires_grad}
     assert "transformer.wte.weight" in frozen and "transformer.h.0.attn.c_attn.weight" in frozen
@@ -44,8 +45,8 @@ def test_frozen_parameters_get_no_gradient_and_stay_bit_identical():
     assert sum(len(g) for g in opt.groups) == count_params(model)[0]  # the optimizer holds only these
     rng = np.random.default_rng(0)
     for _ in range(3):
-        train_step(model, opt, idx=rng.integers(0, 40, (4, 12)), targets=rng.integers(0, 2, 4),
-                   lengths=rng.integers(1, 13, 4))
+        train_step(model, opt, [{"idx": rng.integers(0, 40, (4, 12)), "targets": rng.integers(0, 2, 4),
+                                 "lengths": rng.integers(1, 13, 4)}], grad_clip=1.0)
     params = dict(model.named_parameters())
     for n, before in frozen.items():
         assert np.array_equal(params[n].data, before), n
@@ -70,13 +71,13 @@ def test_set_trainable_rejects_patterns_matching_nothing():
 def test_classification_loss_is_on_the_last_real_token():
     model = GPTClassifier(SMALL, num_classes=3, seed=0, dtype=np.float64)
     rng = np.random.default_rng(1)
-    model.lm_head.bias.data[...] = rng.standard_normal(3)
+    model.out_head.bias.data[...] = rng.standard_normal(3)
     idx = rng.integers(0, 40, (4, 9))  # the tail of each row after `lengths` is junk padding
     lengths, targets = np.array([9, 3, 1, 6]), np.array([2, 0, 1, 2])
     logits, loss = model(idx, targets, lengths)
     # by hand: hidden states at position lengths-1, the head, log-softmax, mean of -log p(target)
     h = model._hidden(idx).data[np.arange(4), lengths - 1]                      # (4, C)
-    z = h @ model.lm_head.weight.data + model.lm_head.bias.data                  # (4, 3)
+    z = h @ model.out_head.weight.data + model.out_head.bias.data                  # (4, 3)
     logp = z - z.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
     np.testing.assert_allclose(logits.data, z, rtol=1e-12)
@@ -117,7 +118,7 @@ def test_classifier_from_gpt_copies_the_weights_and_checks_input():
     gpt = GPT(SMALL, seed=3)
     model = GPTClassifier.from_gpt(gpt, 2, seed=0)
     assert np.array_equal(model.transformer.h[1].mlp.c_fc.weight.data, gpt.transformer.h[1].mlp.c_fc.weight.data)
-    assert model.lm_head.weight.shape == (16, 2)
+    assert model.out_head.weight.shape == (16, 2)
     with pytest.raises(ValueError, match="lengths"):
         model(np.zeros((2, 5), dtype=np.int64), lengths=[5, 6])
     with pytest.raises(ValueError, match="class ids"):

@@ -8,12 +8,13 @@ from hypothesis import strategies as st
 
 from gradcheck import arrays, check_grad
 from tinygpt import Tensor
-from tinygpt.finetune import GPTClassifier, count_params, set_trainable, train_step
+from tinygpt.finetune import GPTClassifier, count_params, set_trainable
 from tinygpt.lora import (DEFAULT_TARGETS, LORA_PATTERNS, LoRALinear, apply_lora, lora_layers, merge_lora,
                           merged_state_dict, unmerge_lora)
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.nn import Linear
 from tinygpt.optim import AdamW
+from tinygpt.train import train_step
 
 SMALL = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
@@ -98,15 +99,15 @@ def test_lora_linear_forward_is_the_formula():
 def test_only_lora_and_head_train_and_frozen_stay_bit_identical():
     model = GPTClassifier(SMALL, num_classes=3, seed=0)
     apply_lora(model, rank=2, alpha=4, seed=0)
-    names = set_trainable(model, LORA_PATTERNS + ("lm_head.*",))
-    assert all(n.endswith(("lora_A", "lora_B")) or n.startswith("lm_head.") for n in names)
+    names = set_trainable(model, LORA_PATTERNS + ("out_head.*",))
+    assert all(n.endswith(("lora_A", "lora_B")) or n.startswith("out_head.") for n in names)
     frozen = {n: p.data.copy() for n, p in model.named_parameters() if not p.requires_grad}
     trained = {n: p.data.copy() for n, p in model.named_parameters() if p.requires_grad}
     opt = AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     rng = np.random.default_rng(0)
     for _ in range(3):
-        train_step(model, opt, idx=idx_batch(int(rng.integers(100)), B=4), targets=rng.integers(0, 3, 4),
-                   lengths=rng.integers(1, 11, 4))
+        train_step(model, opt, [{"idx": idx_batch(int(rng.integers(100)), B=4), "targets": rng.integers(0, 3, 4),
+                                 "lengths": rng.integers(1, 11, 4)}], grad_clip=1.0)
     params = dict(model.named_parameters())
     for n, before in frozen.items():
         assert np.array_equal(params[n].data, before), n
@@ -120,7 +121,7 @@ def test_classifier_lora_setting_is_under_two_percent():
     model = GPTClassifier(config, num_classes=2, seed=0)
     base_total = count_params(model)[1]
     apply_lora(model, 8, 16, ["transformer.h.3.attn.c_attn", "transformer.h.3.mlp.c_fc", "transformer.h.3.mlp.c_proj"])
-    set_trainable(model, LORA_PATTERNS + ("lm_head.*",))
+    set_trainable(model, LORA_PATTERNS + ("out_head.*",))
     trainable, _ = count_params(model)
     assert trainable == 8 * (128 + 384) + 2 * 8 * (128 + 512) + 128 * 2 + 2
     assert trainable / base_total < 0.02

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from tinygpt.train import TrainConfig, build_parser, format_seconds, main
+from tinygpt.config import parse_config
+from tinygpt.train import TrainConfig, format_seconds, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
@@ -127,12 +128,12 @@ def test_tinygpt_command_dispatch(trained):
 
 
 def test_every_setting_is_a_flag_with_nanogpt_defaults():
-    cfg = TrainConfig(**vars(build_parser().parse_args([])))
+    cfg = parse_config(TrainConfig, [])
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.batch_size) == (4, 4, 128, 64, 12)
     assert (cfg.learning_rate, cfg.min_lr, cfg.max_iters, cfg.warmup_iters, cfg.lr_decay_iters) == (1e-3, 1e-4, 2000, 100, 2000)
     assert (cfg.beta2, cfg.weight_decay, cfg.grad_clip, cfg.dropout) == (0.99, 0.1, 1.0, 0.0)
     assert (cfg.eval_interval, cfg.eval_iters, cfg.log_interval, cfg.out_dir) == (250, 20, 10, "out-shakespeare")
-    cfg = TrainConfig(**vars(build_parser().parse_args(["--max-iters", "50", "--no-decay-lr", "--tokenizer", "bpe"])))
+    cfg = parse_config(TrainConfig, ["--max-iters", "50", "--no-decay-lr", "--tokenizer", "bpe"])
     assert (cfg.max_iters, cfg.lr_decay_iters, cfg.decay_lr, cfg.tokenizer) == (50, 50, False, "bpe")
 
 

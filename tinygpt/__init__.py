@@ -1,10 +1,15 @@
 """tinygpt: a small, readable, fast GPT stack in pure Python on NumPy.
 
 Reading order: tensor.py (autograd) -> functional.py (fused ops) -> kernels/ (the array math) ->
-nn.py -> model.py -> optim.py -> tokenizer.py -> data.py -> checkpoint.py -> train.py.
+nn.py -> model.py -> optim.py -> tokenizer/ -> data.py -> checkpoint.py -> train.py.
 """
-from .tensor import Tensor, concatenate, is_grad_enabled, no_grad, stack, where
 from . import functional
+from .model import GPT, GPTConfig
+from .nn import evaluating
+from .optim import AdamW
+from .tensor import Tensor, concatenate, is_grad_enabled, no_grad, stack, where
+from .tokenizer import BPETokenizer, CharTokenizer
 
 __version__ = "0.1.0"
-__all__ = ["Tensor", "no_grad", "is_grad_enabled", "concatenate", "stack", "where", "functional"]
+__all__ = ["GPT", "GPTConfig", "Tensor", "no_grad", "is_grad_enabled", "evaluating", "BPETokenizer",
+           "CharTokenizer", "AdamW", "concatenate", "stack", "where", "functional"]

@@ -10,6 +10,9 @@ This module owns the checkpoint file. It saves and loads:
   batches and masks,
 - any `extra` JSON-able facts (best val loss, loss history, the tokenizer's file name).
 
+`load_model` is the one loader for a trained model, to sample from it or fine-tune it: a
+checkpoint with its tokenizer, or a Hugging Face GPT-2 folder with GPT-2's tokenizer.
+
 The format is a plain `.npz` (a zip of `.npy` arrays), written and read with pickling off, so
 loading a checkpoint can never run code:
 
@@ -28,9 +31,12 @@ import zipfile
 import numpy as np
 
 from . import functional
-from .data import atomic_write
+from .fileio import atomic_write
+from .model import GPT, GPTConfig
+from .tokenizer import BPETokenizer, load_tokenizer
 
 FORMAT, VERSION = "tinygpt-checkpoint", 1
+CKPT_FILE, TOKENIZER_FILE = "ckpt.npz", "tokenizer.tok"  # a training run's files in its --out-dir
 
 
 @dataclasses.dataclass
@@ -58,8 +64,8 @@ def dropout_generators(model):
 
 
 def save_checkpoint(path, model, optimizer=None, config=None, iter_num=0, rng=None, extra=None):
-    """Write a checkpoint atomically (temp file, fsync, os.replace: see `data.atomic_write`), so a
-    crash mid-write or a full disk leaves the previous checkpoint intact."""
+    """Write a checkpoint atomically (`fileio.atomic_write`), so a crash mid-write or a full disk
+    leaves the previous checkpoint intact."""
     arrays = {f"model/{k}": np.asarray(v) for k, v in model.state_dict().items()}
     if optimizer is not None:
         arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
@@ -137,3 +143,26 @@ def restore(ckpt, model=None, optimizer=None, rng=None, path="checkpoint"):
         optimizer.load_state_dict(ckpt.optimizer)
     if rng is not None and ckpt.rng_state is not None:
         rng.bit_generator.state = ckpt.rng_state
+
+
+def load_model(path, tokenizer_path=None):
+    """(model in eval mode, tokenizer), to sample from or to fine-tune. `path` is either
+    - a folder: a Hugging Face GPT-2 checkpoint (config.json + model.safetensors), read with
+      GPT-2's own tokenizer; or
+    - a checkpoint file written by training, read with the tokenizer saved beside it (the name
+      the checkpoint records, else tokenizer.tok).
+    `tokenizer_path` overrides the tokenizer either way."""
+    if os.path.isdir(path):
+        model = GPT.from_pretrained(path)
+        tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else BPETokenizer.from_gpt2()
+        return model.eval(), tokenizer
+    ckpt = read_checkpoint(path)
+    if "model" not in ckpt.config:
+        raise ValueError(f"{path} has no model config: was it written by tinygpt train?")
+    model = GPT(GPTConfig(**ckpt.config["model"]))
+    restore(ckpt, model, path=path)
+    if tokenizer_path is None:
+        tokenizer_path = os.path.join(os.path.dirname(path), ckpt.extra.get("tokenizer_file", TOKENIZER_FILE))
+    if not os.path.isfile(tokenizer_path):
+        raise FileNotFoundError(f"tokenizer file {tokenizer_path!r} not found; pass --tokenizer PATH")
+    return model.eval(), load_tokenizer(tokenizer_path)

@@ -1,8 +1,8 @@
 """The `tinygpt` command: `tinygpt train ...` and `tinygpt sample ...`.
 
 `train` is `tinygpt.train.main` (every TrainConfig field is a flag). `sample` lives here: it loads
-a checkpoint written by training, plus the tokenizer saved next to it, and prints a continuation
-of `--prompt`, token by token as it is generated.
+a checkpoint written by training and the tokenizer saved next to it (checkpoint.load_model), and
+prints a continuation of `--prompt`, token by token as it is generated.
 
     tinygpt train --max-iters 500
     tinygpt sample --out-dir out-shakespeare --prompt "ROMEO:" --max-new-tokens 200 --top-k 40
@@ -15,10 +15,7 @@ import sys
 
 import numpy as np
 
-from .checkpoint import read_checkpoint, restore
-from .model import GPT, GPTConfig
-from .tokenizer import load_tokenizer
-from .train import CKPT_FILE, TOKENIZER_FILE
+from .checkpoint import CKPT_FILE, load_model
 from .train import main as train_main
 
 USAGE = """usage: tinygpt {train,sample} [flags]
@@ -44,20 +41,6 @@ def build_sample_parser():
                    "probability (nucleus sampling; default: off)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples (default: random)")
     return p
-
-
-def load_for_sampling(ckpt_path, tokenizer_path=None):
-    """(model in eval mode, tokenizer) from a training checkpoint and its tokenizer file."""
-    ckpt = read_checkpoint(ckpt_path)
-    if "model" not in ckpt.config:
-        raise ValueError(f"{ckpt_path} has no model config: was it written by tinygpt train?")
-    model = GPT(GPTConfig(**ckpt.config["model"]))
-    restore(ckpt, model, path=ckpt_path)
-    if tokenizer_path is None:
-        tokenizer_path = os.path.join(os.path.dirname(ckpt_path), ckpt.extra.get("tokenizer_file", TOKENIZER_FILE))
-    if not os.path.isfile(tokenizer_path):
-        raise FileNotFoundError(f"tokenizer file {tokenizer_path!r} not found; pass --tokenizer PATH")
-    return model.eval(), load_tokenizer(tokenizer_path)
 
 
 def stream_sample(model, tokenizer, prompt_ids, args, out=sys.stdout):
@@ -88,7 +71,7 @@ def sample(argv=None):
         parser.error(f"--max-new-tokens must be >= 0 and --num-samples >= 1, got "
                      f"{args.max_new_tokens} and {args.num_samples}")
     try:
-        model, tokenizer = load_for_sampling(args.ckpt or os.path.join(args.out_dir, CKPT_FILE), args.tokenizer)
+        model, tokenizer = load_model(args.ckpt or os.path.join(args.out_dir, CKPT_FILE), args.tokenizer)
         prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [0]
     except (FileNotFoundError, ValueError) as e:  # a missing checkpoint, a character not in the vocabulary, ...
         print(f"error: {e}", file=sys.stderr)

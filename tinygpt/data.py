@@ -10,7 +10,8 @@ This module owns the path from text to training batches:
 - `write_token_files` / `TokenDataset.from_dir`: the `.bin` + `meta.json` format, as in nanoGPT;
   `prepare_token_files` tokenizes a text into that format once.
 - `SlidingWindowDataset` + `batch_iterator`: every window of `max_length` tokens, `stride` apart,
-  as in the "LLMs from scratch" course material, for epoch-style training.
+  as in the "LLMs from scratch" course material, for epoch-style training; `batches`: the index
+  batches of one epoch, shuffled or not (the fine-tuning examples use it too).
 
 What it leaves out: tokenization itself (tokenizer.py) and the model.
 
@@ -26,6 +27,8 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+
+from .fileio import atomic_write
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 MAX_UINT16_VOCAB = 65536  # ids must fit in uint16 for the .bin files
@@ -74,27 +77,6 @@ def find_text(path=None, name="tinyshakespeare.txt", url=SHAKESPEARE_URL, cache_
                                 f"{url} failed ({e}); {hint}") from None
     atomic_write(cached, lambda f: f.write(body))
     return cached
-
-
-def atomic_write(path, write):
-    """Create or replace the file `path` atomically: `write(f)` fills a temp file in the same
-    folder, which is fsynced and then renamed over `path` (os.replace), so a crash or a full disk
-    leaves either the old file or the new one, never half of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # subtle: a plain open() (not tempfile.mkstemp, which makes files 0600) so the file gets the
-    # usual permissions; the pid keeps two processes from sharing a temp name
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_text(path):
@@ -247,18 +229,25 @@ class SlidingWindowDataset:
         return self.ids[s:s + self.max_length], self.ids[s + 1:s + self.max_length + 1]
 
 
-def batch_iterator(dataset, batch_size, shuffle=True, drop_last=True, rng=None):
-    """Yield (x, y) batches, each (batch_size, max_length) int64, covering the dataset once.
+def batches(n, batch_size, rng=None, drop_last=False):
+    """Index arrays that cover range(n) once, batch_size at a time; shuffled when `rng` (an
+    np.random.Generator) is given; with drop_last, a final smaller batch is left out.
 
-    shuffle draws a fresh order from `rng` (an np.random.Generator; default: a new unseeded one);
-    drop_last skips a final, smaller batch so every batch has the same shape.
+    Example:
+        list(batches(5, 2)) -> [array([0, 1]), array([2, 3]), array([4])]
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = np.arange(len(dataset))
-    if shuffle:
-        order = (rng if rng is not None else np.random.default_rng()).permutation(order)
-    end = len(order) - len(order) % batch_size if drop_last else len(order)
-    for lo in range(0, end, batch_size):
-        pairs = [dataset[int(i)] for i in order[lo:lo + batch_size]]
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    end = n - n % batch_size if drop_last else n
+    return [order[i:i + batch_size] for i in range(0, end, batch_size)]
+
+
+def batch_iterator(dataset, batch_size, shuffle=True, drop_last=True, rng=None):
+    """Yield (x, y) batches of a SlidingWindowDataset, each (batch_size, max_length) int64,
+    covering it once. shuffle draws a fresh order from `rng` (default: a new unseeded
+    generator); drop_last skips a final, smaller batch so every batch has the same shape."""
+    rng = (rng if rng is not None else np.random.default_rng()) if shuffle else None
+    for b in batches(len(dataset), batch_size, rng, drop_last):
+        pairs = [dataset[int(i)] for i in b]
         yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

@@ -2,33 +2,31 @@
 
 This module owns the pieces both fine-tuning examples share:
 - choosing what trains (`set_trainable`, `count_params`): freezing is `requires_grad=False`;
-- classification: `GPTClassifier` (the language-model head replaced by a small `lm_head`
-  Linear(n_embd, num_classes), read at the last real token of each sequence), `pad_batch`,
-  `accuracy`;
+- classification: `GPTClassifier` (the language-model head replaced by a small `out_head`
+  Linear(n_embd, num_classes), the course's name, read at the last real token of each
+  sequence), `pad_batch`, `accuracy`;
 - instruction tuning: the Alpaca prompt (`format_prompt`), the `collate` function that turns
   token lists into (inputs, targets) with padding masked out, and `generate_response`;
-- small helpers: a seeded `split`, `encode_known` for a character vocabulary, `ensure_eot`, and
-  `train_step`.
+- small helpers: a seeded `split`, `encode_known` for a character vocabulary, `ensure_eot`.
 
-What it leaves out: LoRA (lora.py), the data sets and loops of a particular task (the examples
-`finetune_classifier.py` and `finetune_instructions.py`), and the model itself (model.py).
+What it leaves out: LoRA (lora.py), the training step (train.py: `train_step`, `mean_loss`),
+the data sets and loops of a particular task (the examples `finetune_classifier.py` and
+`finetune_instructions.py`), and the model itself (model.py).
 
 subtle: freeze BEFORE building the optimizer. AdamW keeps only the parameters that require a
 gradient when it is built; a parameter frozen afterwards stays in its flat buffer and is still
 moved by weight decay and momentum (a missing gradient counts as zero there), and one unfrozen
 afterwards is never updated.
 """
-import argparse
 import dataclasses
 import fnmatch
 
 import numpy as np
 
 from . import functional as F
+from .data import batches
 from .model import GPT
-from .nn import Linear
-from .optim import clip_grad_norm
-from .tensor import no_grad
+from .nn import Linear, evaluating
 
 IGNORE_INDEX = -100  # cross_entropy's default: targets equal to this count for nothing
 
@@ -40,8 +38,8 @@ def set_trainable(model, patterns):
     (fnmatch: `*` matches any run of characters, dots included). Returns the trainable names.
 
     Example:
-        set_trainable(model, ["transformer.h.3.*", "transformer.ln_f.*", "lm_head.*"])
-        -> ['transformer.h.3.ln_1.weight', ..., 'lm_head.weight', 'lm_head.bias']
+        set_trainable(model, ["transformer.h.3.*", "transformer.ln_f.*", "out_head.*"])
+        -> ['transformer.h.3.ln_1.weight', ..., 'out_head.weight', 'out_head.bias']
     """
     patterns = list(patterns)
     trainable = []
@@ -65,12 +63,12 @@ def count_params(model):
 # ---- classification ------------------------------------------------------------------------------
 
 class GPTClassifier(GPT):
-    """A GPT whose output head is `lm_head = Linear(n_embd, num_classes)` instead of the tied
+    """A GPT whose output head is `out_head = Linear(n_embd, num_classes)` instead of the tied
     token embedding. It reads the hidden state of the LAST REAL token of each sequence: with
     causal attention that is the only position that has seen the whole text.
 
-    Parameter names are GPT's (`transformer.*`) plus `lm_head.weight` (n_embd, num_classes) and
-    `lm_head.bias`, so a GPT checkpoint loads into it with only the head missing.
+    Parameter names are GPT's (`transformer.*`) plus `out_head.weight` (n_embd, num_classes) and
+    `out_head.bias`, so a GPT checkpoint loads into it with only the head missing.
     """
 
     def __init__(self, config, num_classes, seed=None, dtype=np.float32):
@@ -78,15 +76,15 @@ class GPTClassifier(GPT):
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         super().__init__(config, seed=seed, dtype=dtype)
         self.num_classes = int(num_classes)
-        self.lm_head = Linear(config.n_embd, self.num_classes, dtype=dtype,
-                              rng=np.random.default_rng(None if seed is None else [seed, 7]))
+        self.out_head = Linear(config.n_embd, self.num_classes, dtype=dtype,
+                               rng=np.random.default_rng(None if seed is None else [seed, 7]))
 
     @classmethod
     def from_gpt(cls, gpt, num_classes, seed=None):
         """A classifier holding a copy of `gpt`'s weights and a fresh head."""
         model = cls(gpt.config, num_classes, seed=seed, dtype=gpt.transformer.wte.weight.dtype)
         missing, unexpected = model.load_state_dict(gpt.state_dict(), strict=False)
-        head = {f"lm_head.{n}" for n, _ in model.lm_head.named_parameters()}
+        head = {f"out_head.{n}" for n, _ in model.out_head.named_parameters()}
         if unexpected or set(missing) != head:  # e.g. a GPT that already carries LoRA layers
             raise ValueError(f"cannot copy {type(gpt).__name__} into a classifier: missing {missing}, "
                              f"unexpected {unexpected}")
@@ -94,7 +92,7 @@ class GPTClassifier(GPT):
 
     def _logits(self, x):
         """The class head instead of the tied embedding: x (..., C) -> (..., num_classes)."""
-        return self.lm_head(x)
+        return self.out_head(x)
 
     def forward(self, idx, targets=None, lengths=None, lm_weight=0.0):
         """idx (B, T) token ids, right-padded; lengths (B,) real tokens per row (default: all T)
@@ -156,27 +154,14 @@ def pad_batch(seqs, pad_id, block_size):
     return idx, lengths
 
 
-def batches(n, batch_size, rng=None):
-    """Index arrays that cover range(n) in batches; shuffled when `rng` (a Generator) is given.
-
-    Example:
-        list(batches(5, 2)) -> [array([0, 1]), array([2, 3]), array([4])]
-    """
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-
-
-@no_grad()
 def accuracy(model, seqs, labels, batch_size=64, pad_id=0):
     """Fraction of `seqs` (token lists) that the classifier labels right, in eval mode."""
-    was_training, labels = model.training, np.asarray(labels)
-    model.eval()
-    correct = 0
-    for b in batches(len(seqs), batch_size):
-        idx, lengths = pad_batch([seqs[i] for i in b], pad_id, model.config.block_size)
-        logits, _ = model(idx, lengths=lengths)
-        correct += int((logits.data.argmax(-1) == labels[b]).sum())
-    model.train(was_training)
+    labels, correct = np.asarray(labels), 0
+    with evaluating(model):
+        for b in batches(len(seqs), batch_size):
+            idx, lengths = pad_batch([seqs[i] for i in b], pad_id, model.config.block_size)
+            logits, _ = model(idx, lengths=lengths)
+            correct += int((logits.data.argmax(-1) == labels[b]).sum())
     return correct / max(len(seqs), 1)
 
 
@@ -252,35 +237,6 @@ def generate_response(model, prompt_ids, eot_id, max_new_tokens=256):
     return out
 
 
-# ---- configuration -----------------------------------------------------------------------------------
-
-def option(default, help, type=None):
-    """A field of a config dataclass whose metadata becomes its command-line flag."""
-    return dataclasses.field(default=default, metadata={"help": help, "type": type})
-
-
-def parse_config(config_cls, argv=None, description=None):
-    """Build `config_cls` from the command line: one flag per field (--max-steps for max_steps,
-    --x/--no-x for booleans). A ValueError from the dataclass's checks becomes a usage error.
-
-    Example:
-        parse_config(ClassifierConfig, ["--epochs", "2"]) -> ClassifierConfig(epochs=2, ...)
-    """
-    parser = argparse.ArgumentParser(description=description)
-    for f in dataclasses.fields(config_cls):
-        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=meta["help"])
-        else:
-            parser.add_argument(flag, type=meta["type"] or type(f.default), default=f.default,
-                                help=meta["help"] + " (default: %(default)s)")
-    args = parser.parse_args(argv)
-    try:
-        return config_cls(**vars(args))
-    except ValueError as e:
-        parser.error(str(e))
-
-
 # ---- data and training helpers ------------------------------------------------------------------------
 
 def split(items, fractions, seed):
@@ -331,24 +287,3 @@ def ensure_eot(model, tokenizer):
     wte.grad = None
     model.config = dataclasses.replace(model.config, vocab_size=wte.shape[0])
     return wte.shape[0] - 1
-
-
-def train_step(model, optimizer, grad_clip=1.0, **batch):
-    """zero_grad, forward `model(**batch)`, backward, clip, step. Returns the loss (a float)."""
-    optimizer.zero_grad()
-    _, loss = model(**batch)
-    loss.backward()
-    if grad_clip:
-        clip_grad_norm(model.parameters(), grad_clip)
-    optimizer.step()
-    return loss.item()
-
-
-@no_grad()
-def mean_loss(model, batch_list):
-    """Mean of model(**batch)'s loss over a list of batches (dicts of arguments), in eval mode."""
-    was_training = model.training
-    model.eval()
-    losses = [model(**b)[1].item() for b in batch_list]
-    model.train(was_training)
-    return float(np.mean(losses)) if losses else float("nan")

@@ -86,6 +86,19 @@ class LoRALinear(Module):
         return f"LoRALinear({self.weight.shape[0]}, {self.weight.shape[1]}, rank={self.rank}, alpha={self.alpha})"
 
 
+def block_targets(n_layer, n_blocks, projections):
+    """Names of the `projections` of the last `n_blocks` of a GPT's n_layer blocks, for
+    `apply_lora`'s targets (or, with projections ["*"], `set_trainable`'s patterns).
+
+    Example:
+        block_targets(4, 1, ["attn.c_attn", "mlp.c_fc"])
+        -> ['transformer.h.3.attn.c_attn', 'transformer.h.3.mlp.c_fc']
+    """
+    if not 0 <= n_blocks <= n_layer:
+        raise ValueError(f"the number of blocks must be in [0, {n_layer}] for a {n_layer}-block model, got {n_blocks}")
+    return [f"transformer.h.{i}.{p.strip()}" for i in range(n_layer - n_blocks, n_layer) for p in projections]
+
+
 def apply_lora(model, rank, alpha, targets=DEFAULT_TARGETS, seed=None):
     """Replace, in place, every Linear of `model` whose dotted module name matches one of the glob
     `targets` by a LoRALinear around it. Returns the names wrapped (none matching is an error).

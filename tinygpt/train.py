@@ -23,9 +23,9 @@ uninterrupted one would.
 What it leaves out: the model (model.py), the update rule (optim.py), the file formats
 (checkpoint.py, data.py, tokenizer.py), and sampling from a saved checkpoint (cli.py).
 """
-import argparse
 import csv
 import dataclasses
+import io
 import math
 import os
 import sys
@@ -35,59 +35,56 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import functional
-from .checkpoint import read_checkpoint, restore, save_checkpoint
+from .checkpoint import CKPT_FILE, TOKENIZER_FILE, read_checkpoint, restore, save_checkpoint
+from .config import option, parse_config
 from .data import TokenDataset, find_text, read_text, split_text
+from .fileio import atomic_write
 from .model import GPT, GPTConfig
+from .nn import evaluating
 from .optim import AdamW, clip_grad_norm, get_lr
 from .runtime import keep_freed_memory
-from .tensor import no_grad
 from .tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 
-CKPT_FILE, TOKENIZER_FILE, CSV_FILE, PNG_FILE = "ckpt.npz", "tokenizer.tok", "losses.csv", "losses.png"
-
-
-def _opt(default, help, type=None, choices=None):
-    """A TrainConfig field whose metadata becomes its command-line flag."""
-    return field(default=default, metadata={"help": help, "type": type, "choices": choices})
+CSV_FILE, PNG_FILE = "losses.csv", "losses.png"
 
 
 @dataclass
 class TrainConfig:
     # data and files
-    data: str = _opt(None, "text file to train on (default: $TINYGPT_DATA_DIR/tinyshakespeare.txt, else "
+    data: str = option(None, "text file to train on (default: $TINYGPT_DATA_DIR/tinyshakespeare.txt, else "
                            "a download), or a folder from data.prepare_token_files", type=str)
-    tokenizer: str = _opt("char", "char: one id per character; bpe: train a byte-level BPE on the "
+    tokenizer: str = option("char", "char: one id per character; bpe: train a byte-level BPE on the "
                                   "train split; gpt2: GPT-2's 50257 tokens", choices=("char", "bpe", "gpt2"))
-    bpe_vocab_size: int = _opt(512, "vocabulary size for --tokenizer bpe")
-    out_dir: str = _opt("out-shakespeare", "folder for the checkpoint, tokenizer and loss history")
-    resume: bool = _opt(False, "continue from the checkpoint in --out-dir")
-    seed: int = _opt(1337, "seed for the weights, the batches and dropout")
+    bpe_vocab_size: int = option(512, "vocabulary size for --tokenizer bpe")
+    out_dir: str = option("out-shakespeare", "folder for the checkpoint, tokenizer and loss history")
+    resume: bool = option(False, "continue from the checkpoint in --out-dir")
+    seed: int = option(1337, "seed for the weights, the batches and dropout")
     # model (ignored with --resume: the checkpoint's model is used)
-    n_layer: int = _opt(4, "transformer blocks")
-    n_head: int = _opt(4, "attention heads per block")
-    n_embd: int = _opt(128, "channels of the residual stream")
-    block_size: int = _opt(64, "context length in tokens")
-    dropout: float = _opt(0.0, "dropout probability")
-    bias: bool = _opt(False, "biases in Linear and LayerNorm layers")
+    n_layer: int = option(4, "transformer blocks")
+    n_head: int = option(4, "attention heads per block")
+    n_embd: int = option(128, "channels of the residual stream")
+    block_size: int = option(64, "context length in tokens")
+    dropout: float = option(0.0, "dropout probability")
+    bias: bool = option(False, "biases in Linear and LayerNorm layers")
     # optimization
-    batch_size: int = _opt(12, "sequences per micro-batch")
-    grad_accum: int = _opt(1, "micro-batches per optimizer step")
-    max_iters: int = _opt(2000, "optimizer steps in total")
-    learning_rate: float = _opt(1e-3, "peak learning rate")
-    min_lr: float = _opt(1e-4, "learning rate at the end of the cosine decay")
-    warmup_iters: int = _opt(100, "steps of linear warmup")
-    lr_decay_iters: int = _opt(None, "step where the cosine decay ends (default: --max-iters)", type=int)
-    decay_lr: bool = _opt(True, "use the warmup + cosine schedule (else a constant learning rate)")
-    beta1: float = _opt(0.9, "AdamW beta1")
-    beta2: float = _opt(0.99, "AdamW beta2")
-    weight_decay: float = _opt(0.1, "AdamW weight decay (on matrices and embeddings only)")
-    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: no clipping)")
+    batch_size: int = option(12, "sequences per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    max_iters: int = option(2000, "optimizer steps in total")
+    learning_rate: float = option(1e-3, "peak learning rate")
+    min_lr: float = option(1e-4, "learning rate at the end of the cosine decay")
+    warmup_iters: int = option(100, "steps of linear warmup")
+    lr_decay_iters: int = option(None, "step where the cosine decay ends (default: --max-iters)", type=int)
+    decay_lr: bool = option(True, "use the warmup + cosine schedule (else a constant learning rate)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.99, "AdamW beta2")
+    weight_decay: float = option(0.1, "AdamW weight decay (on matrices and embeddings only)")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0: no clipping)")
     # evaluation, logging, sampling
-    eval_interval: int = _opt(250, "evaluate (and maybe save) every this many steps")
-    eval_iters: int = _opt(20, "batches per split in each evaluation")
-    log_interval: int = _opt(10, "print a progress line every this many steps")
-    always_save: bool = _opt(False, "save a checkpoint at every evaluation, not only on a new best val loss")
-    sample_tokens: int = _opt(300, "tokens to sample at the end (0: none)")
+    eval_interval: int = option(250, "evaluate (and maybe save) every this many steps")
+    eval_iters: int = option(20, "batches per split in each evaluation")
+    log_interval: int = option(10, "print a progress line every this many steps")
+    always_save: bool = option(False, "save a checkpoint at every evaluation, not only on a new best val loss")
+    sample_tokens: int = option(300, "tokens to sample at the end (0: none)")
 
     def __post_init__(self):
         for name in ("bpe_vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
@@ -99,20 +96,6 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.lr_decay_iters is None:
             self.lr_decay_iters = self.max_iters
-
-
-def build_parser():
-    """One flag per TrainConfig field: --max-iters for max_iters, --bias/--no-bias for booleans."""
-    parser = argparse.ArgumentParser(prog="tinygpt train", description="Train a GPT on a text file.")
-    for f in dataclasses.fields(TrainConfig):
-        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=meta["help"] + " (default: %(default)s)")
-        else:
-            parser.add_argument(flag, type=meta["type"] or type(f.default), default=f.default,
-                                choices=meta["choices"], help=meta["help"] + " (default: %(default)s)")
-    return parser
 
 
 # ---------------------------------------------------------------------------------------- setup
@@ -136,7 +119,6 @@ class Run:
     data: TokenDataset
     tokenizer: object
     rng: np.random.Generator       # draws the training batches
-    params: list = None            # model.parameters(), listed once (walking the modules costs)
     start_iter: int = 0
     best_val: float = math.inf
     history: list = field(default_factory=list)  # [iter, train_loss, val_loss, lr] per evaluation
@@ -182,7 +164,7 @@ def setup(cfg, log=print):
     optimizer = AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                       weight_decay=cfg.weight_decay)
     # subtle: a seed sequence [seed, 1] gives a stream independent of the weights' (seeded `seed`)
-    run = Run(model, optimizer, data, tokenizer, np.random.default_rng([cfg.seed, 1]), model.parameters())
+    run = Run(model, optimizer, data, tokenizer, np.random.default_rng([cfg.seed, 1]))
     if ckpt is not None:
         restore(ckpt, model, optimizer, run.rng, ckpt_path)
         run.start_iter, run.history = ckpt.iter_num, ckpt.extra["history"]
@@ -196,35 +178,47 @@ def setup(cfg, log=print):
 
 # ---------------------------------------------------------------------------------------- the loop
 
-@no_grad()
+def model_batch(run, split, batch_size, rng):
+    """A random batch of `split` as the keyword arguments of a model call."""
+    x, y = run.data.get_batch(split, batch_size, run.model.config.block_size, rng)
+    return {"idx": x, "targets": y}
+
+
+def mean_loss(model, batch_list):
+    """Mean of model(**batch)'s loss over a list of batches (dicts of its keyword arguments), in
+    eval mode and without a graph; NaN for no batches."""
+    with evaluating(model):
+        losses = [model(**batch)[1].item() for batch in batch_list]
+    return float(np.mean(losses)) if losses else float("nan")
+
+
 def estimate_loss(run, cfg):
-    """Mean loss over `eval_iters` batches of each split, in eval mode (no dropout), on the same
-    batches every time (see the module docstring)."""
-    run.model.eval()
+    """Mean loss over `eval_iters` batches of each split, on the same batches every time (see
+    the module docstring)."""
     out = {}
     for i, split in enumerate(("train", "val")):
         rng = np.random.default_rng([cfg.seed, 2, i])
-        losses = [run.model(*run.data.get_batch(split, cfg.batch_size, run.model.config.block_size, rng))[1].item()
-                  for _ in range(cfg.eval_iters)]
-        out[split] = float(np.mean(losses))
-    run.model.train()
+        out[split] = mean_loss(run.model, [model_batch(run, split, cfg.batch_size, rng) for _ in range(cfg.eval_iters)])
     return out
 
 
-def train_step(run, cfg, lr):
-    """One optimizer step over `grad_accum` micro-batches. Returns (mean loss, grad norm)."""
-    run.optimizer.lr = lr
-    run.optimizer.zero_grad()
-    total = 0.0
-    for _ in range(cfg.grad_accum):
-        x, y = run.data.get_batch("train", cfg.batch_size, run.model.config.block_size, run.rng)
-        _, loss = run.model(x, y)
+def train_step(model, optimizer, micro_batches, grad_clip=0.0):
+    """One optimizer step: zero the gradients, forward and backward each micro-batch (a dict of
+    `model(...)`'s keyword arguments), clip the global gradient norm to `grad_clip` (0: no
+    clipping), step. Returns (mean loss, gradient norm before clipping, NaN when not clipping).
+
+    Every trainer runs this: train.py's loop and both fine-tuning examples.
+    """
+    optimizer.zero_grad()
+    n, total = len(micro_batches), 0.0
+    for batch in micro_batches:
+        _, loss = model(**batch)
         # gradients add up over micro-batches, so scale each by 1/n to get the mean's gradient
-        (loss * (1.0 / cfg.grad_accum) if cfg.grad_accum > 1 else loss).backward()
+        (loss * (1.0 / n) if n > 1 else loss).backward()
         total += loss.item()
-    norm = clip_grad_norm(run.params, cfg.grad_clip) if cfg.grad_clip > 0 else float("nan")
-    run.optimizer.step()
-    return total / cfg.grad_accum, norm
+    norm = clip_grad_norm(model.parameters(), grad_clip) if grad_clip > 0 else float("nan")
+    optimizer.step()
+    return total / n, norm
 
 
 def train(cfg, run, log=print):
@@ -253,7 +247,9 @@ def train(cfg, run, log=print):
         if it == cfg.max_iters:
             break
         t0 = time.perf_counter()
-        loss, norm = train_step(run, cfg, lr_at(it))
+        run.optimizer.lr = lr_at(it)
+        micro_batches = [model_batch(run, "train", cfg.batch_size, run.rng) for _ in range(cfg.grad_accum)]
+        loss, norm = train_step(run.model, run.optimizer, micro_batches, cfg.grad_clip)
         window_time += time.perf_counter() - t0
         window_iters += 1
         if it % cfg.log_interval == 0 or it == cfg.max_iters - 1:
@@ -282,10 +278,11 @@ def format_seconds(s):
 
 def write_history(history, out_dir):
     """losses.csv (iter, train_loss, val_loss, lr), and losses.png when matplotlib is installed."""
-    with open(os.path.join(out_dir, CSV_FILE), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["iter", "train_loss", "val_loss", "lr"])
-        w.writerows([int(i), f"{tr:.6f}", f"{va:.6f}", f"{lr:.6g}"] for i, tr, va, lr in history)
+    rows = io.StringIO()
+    w = csv.writer(rows)
+    w.writerow(["iter", "train_loss", "val_loss", "lr"])
+    w.writerows([int(i), f"{tr:.6f}", f"{va:.6f}", f"{lr:.6g}"] for i, tr, va, lr in history)
+    atomic_write(os.path.join(out_dir, CSV_FILE), lambda f: f.write(rows.getvalue().encode()))
     try:  # optional: the object API with the Agg canvas, so no GUI and no global pyplot state
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -301,7 +298,7 @@ def write_history(history, out_dir):
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.savefig(os.path.join(out_dir, PNG_FILE), dpi=100, bbox_inches="tight")
+    atomic_write(os.path.join(out_dir, PNG_FILE), lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
 
 
 def sample_text(model, tokenizer, prompt="\n", max_new_tokens=300, temperature=0.8, top_k=200, top_p=None, seed=None):
@@ -313,12 +310,7 @@ def sample_text(model, tokenizer, prompt="\n", max_new_tokens=300, temperature=0
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = TrainConfig(**vars(args))
-    except ValueError as e:
-        parser.error(str(e))
+    cfg = parse_config(TrainConfig, argv, prog="tinygpt train", description="Train a GPT on a text file.")
     try:
         run = setup(cfg)
     except (FileNotFoundError, ValueError) as e:
