@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from tinygpt.data import (SlidingWindowDataset, TokenDataset, batch_iterator, find_text, split_text,
+from tinygpt.data import (SlidingWindowDataset, TokenDataset, batch_iterator, batches, find_text, split_text,
                           write_token_files)
 
 
@@ -124,6 +124,16 @@ def test_batch_iterator_shuffle_and_drop_last():
     firsts = shuffled[0][0][:, 0].tolist()
     assert sorted(firsts) == list(range(0, 48, 4)) and firsts != sorted(firsts)
     np.testing.assert_array_equal(shuffled[0][1], shuffled[0][0] + 1)
+
+
+def test_batches_cover_every_index_once():
+    assert [b.tolist() for b in batches(5, 2)] == [[0, 1], [2, 3], [4]]
+    assert [b.tolist() for b in batches(5, 2, drop_last=True)] == [[0, 1], [2, 3]]
+    shuffled = batches(10, 4, np.random.default_rng(0))
+    assert sorted(np.concatenate(shuffled).tolist()) == list(range(10)) and [len(b) for b in shuffled] == [4, 4, 2]
+    assert np.concatenate(shuffled).tolist() != list(range(10))
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        batches(5, 0)
 
 
 def test_find_text_order(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from gradcheck import arrays, check_grad
 from tinygpt import Tensor
 from tinygpt.finetune import GPTClassifier, count_params, set_trainable
-from tinygpt.lora import (DEFAULT_TARGETS, LORA_PATTERNS, LoRALinear, apply_lora, lora_layers, merge_lora,
+from tinygpt.lora import (DEFAULT_TARGETS, LORA_PATTERNS, LoRALinear, apply_lora, block_targets, lora_layers, merge_lora,
                           merged_state_dict, unmerge_lora)
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.nn import Linear
@@ -136,3 +136,11 @@ def test_apply_lora_errors_name_the_problem():
     with pytest.raises(TypeError, match="Linear"):
         LoRALinear(model.transformer.ln_f, 2, 4)
     assert DEFAULT_TARGETS == ("*.attn.c_attn", "*.attn.c_proj", "*.mlp.c_fc", "*.mlp.c_proj")
+
+
+def test_block_targets_name_the_last_blocks_and_refuse_too_many():
+    assert block_targets(4, 2, ["attn.c_attn", " mlp.c_fc"]) == [
+        "transformer.h.2.attn.c_attn", "transformer.h.2.mlp.c_fc", "transformer.h.3.attn.c_attn", "transformer.h.3.mlp.c_fc"]
+    assert block_targets(4, 0, ["*"]) == []
+    with pytest.raises(ValueError, match=r"must be in \[0, 4\] for a 4-block model, got 99"):
+        block_targets(4, 99, ["*"])

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from tinygpt import Tensor
-from tinygpt.nn import Dropout, Embedding, LayerNorm, Linear, Module, Parameter
+from tinygpt import is_grad_enabled
+from tinygpt.nn import Dropout, Embedding, LayerNorm, Linear, Module, Parameter, evaluating
 
 
 class Toy(Module):
@@ -45,6 +46,20 @@ def test_named_modules_and_train_eval_reach_list_items():
     m.train()
     assert all(sub.training for _, sub in m.named_modules())
     assert m.layers[1].training and m.drop.training
+
+
+def test_evaluating_is_eval_mode_without_a_graph_and_restores_mixed_modes():
+    m = Toy().train()
+    m.drop.eval()  # a mixed state must come back as it was
+    idx = np.array([[1, 2, 3]])
+    with evaluating(m):
+        assert not is_grad_enabled() and not any(sub.training for _, sub in m.named_modules())
+        assert not m(idx).requires_grad
+    assert is_grad_enabled() and m.training and m.layers[0].training and not m.drop.training
+    with pytest.raises(KeyError):  # restored on an exception too
+        with evaluating(m):
+            raise KeyError
+    assert is_grad_enabled() and m.training and not m.drop.training
 
 
 def test_zero_grad_and_frozen_parameter_gets_no_grad():
