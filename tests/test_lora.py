@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from gradcheck import arrays, check_grad
 from tinygpt import Tensor
 from tinygpt.finetune import GPTClassifier, count_params, set_trainable
-from tinygpt.lora import (DEFAULT_TARGETS, LORA_PATTERNS, LoRALinear, apply_lora, block_targets, lora_layers, merge_lora,
-                          merged_state_dict, unmerge_lora)
+from tinygpt.lora import (DEFAULT_TARGETS, LORA_PATTERNS, LoRALinear, apply_lora, block_targets, lora_layers,
+                          merge_lora, merged_state_dict, unmerge_lora)
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.nn import Linear
 from tinygpt.optim import AdamW
