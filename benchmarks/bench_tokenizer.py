@@ -13,8 +13,8 @@ drift on a shared machine hits both alike; the median of --repeats runs is repor
   load is reported apart) and "warm" = the same text again. tiktoken keeps no cache, so the
   honest comparison is cold; warm is what a training loop that re-encodes text sees.
   Tiny Shakespeare is pure ASCII, which tinygpt splits with the faster built-in `re`
-  (bpe_split.ascii_split); the "non-ASCII" rows encode it with every ' replaced by ’, which
-  forces the `regex` path, against tiktoken on that same text.
+  (`ascii_split` in tinygpt/tokenizer/split.py); the "non-ASCII" rows encode it with every '
+  replaced by ’, which forces the `regex` path, against tiktoken on that same text.
 
     python benchmarks/bench_tokenizer.py                  # data from $TINYGPT_DATA_DIR
     python benchmarks/bench_tokenizer.py --data ../shared/data --repeats 5 --json out.json

@@ -1,5 +1,9 @@
-"""Tests for tinygpt.tokenizer: GPT-2 exactness against tiktoken, round trips, the fast trainer
-against a slow reference trainer written here, and bad input of every kind.
+"""Tests for BPETokenizer (tinygpt/tokenizer/bpe.py, split.py): GPT-2 exactness against
+tiktoken, round trips, tiktoken agreement of trained tokenizers, and bad input of every kind.
+
+This file also holds what the other tokenizer tests share: texts, the corpus, the fixtures.
+test_tokenizer_basic.py checks the fast trainer and encoder against the naive ones,
+test_tokenizer_files.py the files, test_tokenizer_char.py the CharTokenizer.
 
 GPT-2's files and Tiny Shakespeare come from $TINYGPT_DATA_DIR; tiktoken is built here from
 those same files, so no test needs the network.
@@ -13,9 +17,8 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinygpt.bpe_split import ascii_split
-from tinygpt.tokenizer import (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BPETokenizer,
-                               CharTokenizer, load_tokenizer)
+from tinygpt.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BPETokenizer
+from tinygpt.tokenizer.split import ascii_split
 
 DATA_DIR = os.environ.get("TINYGPT_DATA_DIR")
 NO_DATA = ("TINYGPT_DATA_DIR is not set (it holds gpt2/encoder.json, gpt2/vocab.bpe and "
@@ -42,6 +45,15 @@ texts = st.lists(st.one_of(st.sampled_from(PIECES), st.text(chars, max_size=10))
 CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
           "I'm sure you'll see it's 1234 times better, don't you?  It's 3.14!\n" * 3
           + " ".join(PIECES) * 2)
+
+
+@st.composite
+def small_trained(draw):
+    """(corpus, tokenizer trained on it): few letters and little text, so counts tie often."""
+    corpus = draw(st.text(alphabet="ab c\n'é1", min_size=1, max_size=300))
+    tok = BPETokenizer(GPT2_SPLIT_PATTERN)
+    tok.train(corpus, 256 + draw(st.integers(0, 60)))
+    return corpus, tok
 
 
 def gpt2_byte_decoder():
@@ -93,6 +105,20 @@ def trained(request):
     return tok
 
 
+@pytest.fixture(scope="module")
+def with_special(trained):
+    tok = BPETokenizer(trained.pattern)
+    tok.train(CORPUS, 300)
+    tok.register_special_tokens({"<|endoftext|>": 1000, "<|end|>": 1001})
+    return tok
+
+
+def corrupt(path, edit):
+    """Rewrite the text file `path` with `edit(lines)`, a list of its lines without newlines."""
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
+    path.write_text("\n".join(edit(lines)) + "\n", encoding="utf-8")
+
+
 # --- GPT-2 exactness ---------------------------------------------------------------------------
 
 @needs_data
@@ -112,15 +138,6 @@ def test_gpt2_shakespeare_matches_tiktoken(tt_gpt2):
 @given(text=texts)
 def test_gpt2_matches_tiktoken_on_unicode(gpt2, tt_gpt2, text):
     assert gpt2.encode_ordinary(text) == tt_gpt2.encode_ordinary(text)
-
-
-@settings(max_examples=100)
-@given(text=texts)
-def test_numba_kernel_matches_python_loop(gpt2, text):
-    bpe_fast = pytest.importorskip("tinygpt.bpe_fast")
-    tables = bpe_fast.make_tables(gpt2.byte_ids, gpt2._pair_ranks, gpt2._rank_ids)
-    datas = [c.encode("utf-8") for c in regex.findall(GPT2_SPLIT_PATTERN, text)]
-    assert bpe_fast.encode_batch(datas, tables) == [gpt2._bpe_python(d) for d in datas]
 
 
 ascii_texts = st.lists(st.one_of(st.sampled_from([p for p in PIECES if p.isascii()]),
@@ -192,97 +209,16 @@ def test_trained_tokenizer_matches_tiktoken(trained, text):
 
 
 @settings(max_examples=200)
-@given(corpus=st.text(alphabet="ab c\n'é1", min_size=1, max_size=300), text=texts,
-       extra=st.integers(0, 60))
-def test_tiktoken_agrees_on_hypothesis_trained_vocab(corpus, text, extra):
-    tok = BPETokenizer(GPT2_SPLIT_PATTERN)
-    tok.train(corpus, 256 + extra)
+@given(corpus_tok=small_trained(), text=texts)
+def test_tiktoken_agrees_on_hypothesis_trained_vocab(corpus_tok, text):
+    corpus, tok = corpus_tok
     enc = tiktoken_from(tok, GPT2_SPLIT_PATTERN)  # also asserts the token bytes are distinct
     for s in (corpus, text, corpus + text):
         assert tok.encode_ordinary(s) == enc.encode_ordinary(s)
         assert tok.decode(tok.encode_ordinary(s)) == s
 
 
-# --- the fast trainer against a slow, obviously correct one -------------------------------------
-
-def reference_train(text, pattern, vocab_size):
-    """minbpe-style: recount every pair of every chunk for each merge; highest count wins,
-    ties go to the smallest (id0, id1)."""
-    chunks = [list(c.encode("utf-8")) for c in regex.findall(pattern, text)]
-    merges = {}
-    for idx in range(256, vocab_size):
-        stats = {}
-        for ids in chunks:
-            for pair in zip(ids, ids[1:]):
-                stats[pair] = stats.get(pair, 0) + 1
-        if not stats:
-            break
-        pair = min(stats, key=lambda p: (-stats[p], p))
-        new_chunks = []
-        for ids in chunks:
-            out, i = [], 0
-            while i < len(ids):
-                if ids[i:i + 2] == list(pair):
-                    out.append(idx)
-                    i += 2
-                else:
-                    out.append(ids[i])
-                    i += 1
-            new_chunks.append(out)
-        chunks = new_chunks
-        merges[pair] = idx
-    return merges
-
-
-@settings(max_examples=300)
-@given(text=st.one_of(st.text(alphabet="aab c\n'", min_size=1, max_size=300),
-                      texts.filter(bool)),
-       vocab_size=st.integers(256, 300), gpt4=st.booleans())
-def test_fast_trainer_matches_reference(text, vocab_size, gpt4):
-    pattern = GPT4_SPLIT_PATTERN if gpt4 else GPT2_SPLIT_PATTERN
-    tok = BPETokenizer(pattern)
-    tok.train(text, vocab_size)
-    assert list(tok.merges.items()) == list(reference_train(text, pattern, vocab_size).items())
-
-
-@needs_data
-def test_fast_trainer_matches_reference_on_real_text():
-    with open(os.path.join(DATA_DIR, "the-verdict.txt"), encoding="utf-8") as f:
-        text = f.read()
-    tok = BPETokenizer()
-    tok.train(text, 300)
-    assert list(tok.merges.items()) == list(reference_train(text, GPT4_SPLIT_PATTERN, 300).items())
-
-
-def test_train_reports_progress(capsys):
-    BPETokenizer().train(CORPUS, 300, verbose=True)
-    assert "merge 44/44" in capsys.readouterr().out
-
-
-# --- files --------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def with_special(trained):
-    tok = BPETokenizer(trained.pattern)
-    tok.train(CORPUS, 300)
-    tok.register_special_tokens({"<|endoftext|>": 1000, "<|end|>": 1001})
-    return tok
-
-
-@settings(max_examples=20)
-@given(text=texts)
-def test_save_load_round_trip(with_special, tmp_path_factory, text):
-    path = tmp_path_factory.mktemp("tok") / "t.bpe"
-    with_special.save(path)
-    loaded = load_tokenizer(path)
-    assert isinstance(loaded, BPETokenizer) and loaded.pattern == with_special.pattern
-    assert list(loaded.merges.items()) == list(with_special.merges.items())
-    assert loaded.special_tokens == with_special.special_tokens
-    assert loaded.vocab == with_special.vocab
-    assert loaded.encode(text, allowed_special="all") == \
-        with_special.encode(text, allowed_special="all")
-    assert os.listdir(path.parent) == ["t.bpe"]  # no temporary file left behind
-
+# --- special tokens and the chunk cache --------------------------------------------------------
 
 def test_longest_special_token_wins(with_special):
     assert with_special.encode("<|endoftext|>", allowed_special="all") == [1000]
@@ -290,8 +226,8 @@ def test_longest_special_token_wins(with_special):
 
 
 def test_chunk_cache_is_bounded(trained, monkeypatch):
-    import tinygpt.tokenizer as tokenizer_module
-    monkeypatch.setattr(tokenizer_module, "_CACHE_LIMIT", 5)
+    import tinygpt.tokenizer.bpe as bpe_module
+    monkeypatch.setattr(bpe_module, "_CACHE_LIMIT", 5)
     small = BPETokenizer(trained.pattern)
     small.train(CORPUS, 400)
     for text in (CORPUS, CORPUS[::-1], " ".join(PIECES)):
@@ -299,84 +235,7 @@ def test_chunk_cache_is_bounded(trained, monkeypatch):
         assert len(small._cache) <= max(5, len(set(regex.findall(trained.pattern, text))))
 
 
-def test_gpt2_save_load_round_trip(gpt2, tmp_path):
-    gpt2.save(tmp_path / "gpt2.bpe")
-    loaded = BPETokenizer.load(tmp_path / "gpt2.bpe")
-    assert loaded.merges == gpt2.merges and loaded.byte_ids == gpt2.byte_ids
-    assert loaded.encode("Hello<|endoftext|>", allowed_special="all") == [15496, 50256]
-
-
-@pytest.fixture
-def saved(tmp_path):
-    tok = BPETokenizer()
-    tok.train(CORPUS, 300)
-    tok.register_special_tokens({"<|endoftext|>": 300})
-    tok.save(tmp_path / "t.bpe")
-    return tmp_path / "t.bpe"
-
-
-def corrupt(path, edit):
-    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
-    path.write_text("\n".join(edit(lines)) + "\n", encoding="utf-8")
-
-
-@pytest.mark.parametrize("edit, line", [
-    (lambda ls: ls[:-5], 46),                                  # truncated between lines
-    (lambda ls: ls + ["1 2 999 \"x\""], 51),                   # one line too many
-    (lambda ls: ls[:10] + ["garbage line"] + ls[11:], 11),     # garbage merge line
-    (lambda ls: ls[:10] + ["104 101 256 \"XY\""] + ls[11:], 11),  # text does not match bytes
-    (lambda ls: ls[:10] + ["104 9999 256 \"h?\""] + ls[11:], 11),  # undefined id
-    (lambda ls: ls[:10] + [ls[9]] + ls[11:], 11),              # a repeated merge
-    (lambda ls: ["tinygpt-bpe 2"] + ls[1:], 1),                # unknown version
-    (lambda ls: ls[:1] + ["pattern \"(\""] + ls[2:], 2),       # pattern does not compile
-    (lambda ls: ls[:2] + ["specials x"] + ls[3:], 3),          # bad count
-    (lambda ls: ls[:3] + ["65 \"<|endoftext|>\""] + ls[4:], 4),  # special id taken by a byte
-    (lambda ls: ls[:4] + ["bytes 1 2 3"] + ls[5:], 5),          # bytes line too short
-])
-def test_corrupt_bpe_file_names_the_line(saved, edit, line):
-    corrupt(saved, edit)
-    with pytest.raises(ValueError, match=rf"t\.bpe:{line}:"):
-        BPETokenizer.load(saved)
-
-
-def test_cut_file_and_foreign_files(saved, tmp_path):
-    data = saved.read_bytes()
-    saved.write_bytes(data[:len(data) // 2])  # cut mid-line
-    with pytest.raises(ValueError, match="truncated"):
-        BPETokenizer.load(saved)
-    foreign = tmp_path / "foreign"
-    for content in [b'{"hello": 1}\n', bytes(range(256)), b"", "tinygpt-char 1\n".encode()]:
-        foreign.write_bytes(content)
-        with pytest.raises(ValueError, match=r"foreign:1:"):
-            BPETokenizer.load(foreign)
-    foreign.write_bytes(b'{"hello": 1}\n')
-    with pytest.raises(ValueError, match=r"foreign:1: not a tinygpt tokenizer"):
-        load_tokenizer(foreign)
-
-
-def test_failed_save_keeps_the_old_file(saved, monkeypatch):
-    before = saved.read_bytes()
-
-    def fail(src, dst):
-        raise OSError("disk full")
-    monkeypatch.setattr(os, "replace", fail)
-    tok = BPETokenizer()
-    tok.train(CORPUS, 280)
-    with pytest.raises(OSError):
-        tok.save(saved)
-    assert saved.read_bytes() == before and os.listdir(saved.parent) == ["t.bpe"]
-
-
-def test_from_gpt2_needs_the_data_dir(monkeypatch, tmp_path):
-    monkeypatch.delenv("TINYGPT_DATA_DIR", raising=False)
-    with pytest.raises(ValueError, match="TINYGPT_DATA_DIR"):
-        BPETokenizer.from_gpt2()
-    monkeypatch.setenv("TINYGPT_DATA_DIR", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="TINYGPT_DATA_DIR"):
-        BPETokenizer.from_gpt2()
-
-
-# --- bad input ----------------------------------------------------------------------------------
+# --- bad input ---------------------------------------------------------------------------------
 
 def test_bad_input_raises(trained):
     tok = trained
@@ -424,43 +283,3 @@ def test_special_token_errors():
         tok.encode("a", allowed_special=["<|x|>"])
     with pytest.raises(ValueError, match=r"350.*unassigned"):
         tok.decode([350])  # below vocab_size, but no token has this id
-
-
-# --- CharTokenizer ------------------------------------------------------------------------------
-
-@settings(max_examples=100)
-@given(text=texts.filter(bool))
-def test_char_round_trip(text):
-    tok = CharTokenizer(text)
-    ids = tok.encode(text)
-    assert len(ids) == len(text) and max(ids) < tok.vocab_size == len(set(text))
-    assert tok.decode(ids) == text
-
-
-def test_char_tokenizer(tmp_path):
-    tok = CharTokenizer("hello\n")
-    assert tok.encode("hole") == [2, 4, 3, 1]  # sorted: "\n" "e" "h" "l" "o"
-    with pytest.raises(ValueError, match="'z'"):
-        tok.encode("hz")
-    with pytest.raises(ValueError):
-        CharTokenizer("")
-    with pytest.raises(ValueError, match="5"):
-        tok.decode([5])
-    tok.save(tmp_path / "c.tok")
-    loaded = load_tokenizer(tmp_path / "c.tok")
-    assert isinstance(loaded, CharTokenizer) and loaded.chars == tok.chars
-    corrupt(tmp_path / "c.tok", lambda ls: ls[:3] + [ls[2]] + ls[4:])  # a repeated character
-    with pytest.raises(ValueError, match=r"c\.tok:4:"):
-        CharTokenizer.load(tmp_path / "c.tok")
-    corrupt(tmp_path / "c.tok", lambda ls: ls[:-1])
-    with pytest.raises(ValueError, match=r"c\.tok:\d+:"):
-        CharTokenizer.load(tmp_path / "c.tok")
-
-
-@needs_data
-def test_char_tokenizer_on_shakespeare():
-    with open(os.path.join(DATA_DIR, "tinyshakespeare.txt"), encoding="utf-8") as f:
-        text = f.read()
-    tok = CharTokenizer(text)
-    assert tok.vocab_size == 65  # nanoGPT's shakespeare_char vocabulary
-    assert tok.decode(tok.encode(text)) == text

@@ -1,13 +1,14 @@
 """Numba kernels for BPE encoding: the merge loop over many chunks in one call.
 
-This module owns the fast path of `BPETokenizer`: a pair -> rank hash table held in two NumPy
-arrays, and a kernel that byte-pair-encodes a whole batch of chunks. The readable specification
-is `BPETokenizer._bpe_python` in `tokenizer.py`; the tests check that the two agree.
+This module owns the fast path of `BPETokenizer`: tiktoken's rule restated on ids (which pair of
+ids merges, at which rank), held as a hash table in two NumPy arrays, and a kernel that
+byte-pair-encodes a whole batch of chunks. The readable specification is `basic.encode_naive`;
+the tests check that the two agree.
 
-What it leaves out: splitting text into chunks, caching, special tokens (all in `tokenizer.py`).
+What it leaves out: splitting text into chunks, caching, special tokens (all in `bpe.py`).
 
-subtle: this module imports numba at the top, so `tokenizer.py` imports it lazily, on the first
-batch big enough to pay for it. `import tinygpt` never compiles anything.
+subtle: this module imports numba at the top, so `bpe.py` imports it lazily, on the first batch
+big enough to pay for it. `import tinygpt` never compiles anything.
 """
 from itertools import chain
 
@@ -118,16 +119,31 @@ def encode_chunks(data, offsets, byte_ids, keys, vals, rank_ids):
     return ids, out_offsets
 
 
-def make_tables(byte_ids, pair_ranks, rank_ids):
+def make_tables(byte_ids, ranks, encoder):
     """The arrays `encode_chunks` needs, from a tokenizer's Python tables.
 
-    byte_ids: byte value -> id; pair_ranks: {(left, right): rank}; rank_ids: rank -> merged id.
+    byte_ids: byte value -> id; ranks: {merged token's bytes: rank}, in rank order;
+    encoder: {token's bytes: id}.
+
+    Example (a tokenizer whose only merge is "h" + "i" -> 256):
+        byte_ids, keys, vals, rank_ids = make_tables(list(range(256)), {b"hi": 0}, encoder)
+        lookup(keys, vals, 104, 105) -> 0;  rank_ids -> array([256])
     """
+    # tiktoken's rule on ids: (left, right) -> the rank of the token made of their bytes, for
+    # every way to cut a token into two tokens, not only the merge that built it
+    pair_ranks = {}
+    rank_ids = np.zeros(max(ranks.values(), default=-1) + 1, dtype=np.int32)  # rank -> token id
+    for t, rank in ranks.items():  # in rank order, so setdefault keeps the lowest rank
+        rank_ids[rank] = encoder[t]
+        for k in range(1, len(t)):
+            left, right = encoder.get(t[:k]), encoder.get(t[k:])
+            if left is not None and right is not None:
+                pair_ranks.setdefault((left, right), rank)
     n = len(pair_ranks)
     pairs = np.fromiter(chain.from_iterable(pair_ranks), dtype=np.int64, count=2 * n)
-    ranks = np.fromiter(pair_ranks.values(), dtype=np.int32, count=n)
-    keys, vals = build_pair_table(pairs[0::2], pairs[1::2], ranks)  # lefts, rights
-    return (np.array(byte_ids, dtype=np.int32), keys, vals, np.array(rank_ids, dtype=np.int32))
+    pair_rank_values = np.fromiter(pair_ranks.values(), dtype=np.int32, count=n)
+    keys, vals = build_pair_table(pairs[0::2], pairs[1::2], pair_rank_values)  # lefts, rights
+    return np.array(byte_ids, dtype=np.int32), keys, vals, rank_ids
 
 
 def encode_batch(datas, tables):

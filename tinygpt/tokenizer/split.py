@@ -26,8 +26,8 @@ _ASCII_CLASSES = {r"\p{L}": "A-Za-z", r"\p{N}": "0-9", r"\s": r"\t\n\x0b\x0c\r "
 def ascii_split(pattern):
     r"""`pattern` for ASCII-only text, compiled with the built-in `re`, or None if it can't be.
 
-    `re` runs these patterns 2-3x faster than `regex`, but knows no \p{L} or \p{N}. On ASCII
-    text they are plain ranges, so we spell them out; any other Unicode-aware escape (\w, \d,
+    `re` runs these patterns faster than `regex`, but knows no \p{L} or \p{N}. On ASCII text
+    they are plain ranges, so we spell them out; any other Unicode-aware escape (\w, \d,
     \p{Lu}, ...) makes us give up and keep `regex`.
 
     Example:

@@ -1,10 +1,8 @@
-"""Tokenizer files: tinygpt's own two formats, and GPT-2's published encoder.json + vocab.bpe.
+"""Tokenizer files: tinygpt's two formats, and GPT-2's published encoder.json + vocab.bpe.
 
-This module turns files into plain data (strings, ints, dicts) and back; it knows nothing of the
-tokenizer classes, which live in `tokenizer.py` and call these functions from save/load.
-
-tinygpt's formats are UTF-8 text, one record a line, every count stated up front so that a
-truncated file is caught. A BPE file (ids are ints; `"..."` is a JSON string):
+Files become plain data (strings, ints, dicts) and back; the tokenizer classes call these from
+save/load. tinygpt's formats are UTF-8 text, one record a line, every count stated up front so
+that a truncated file is caught. A BPE file (ids are ints; `"..."` is a JSON string):
 
     tinygpt-bpe 1
     pattern "'(?:[sdmt]|ll|ve|re)| ?\\p{L}+|..."    the regex pre-split pattern
@@ -20,30 +18,10 @@ Every parse error is a ValueError that starts with `path:line:`.
 """
 import json
 import os
-import tempfile
 
 CHAR_VERSION = "tinygpt-char 1"
 BPE_VERSION = "tinygpt-bpe 1"
 MAX_ID = 2**31 - 1  # ids are int32 in the numba kernel
-
-
-def write_atomic(path, text):
-    """Write `text` to `path` so that readers see the old file or the new one, never half of one.
-
-    The text goes to a temporary file in the same directory (same filesystem), is flushed to
-    disk, then `os.replace` swaps it in: a rename is atomic on POSIX and Windows.
-    """
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-tok-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def read_lines(path, version=None):

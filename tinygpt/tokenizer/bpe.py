@@ -1,15 +1,10 @@
-"""Tokenizers: text <-> lists of integer ids.
+"""Byte-level BPE: `BPETokenizer`, the tokenizer of GPT-2 and GPT-4.
 
-- `CharTokenizer`: one id per distinct character of a text (char-level Shakespeare).
-- `BPETokenizer`: byte-level byte-pair encoding after a regex pre-split, as in GPT-2 and GPT-4.
-  It trains its own merges (`train`) or reads GPT-2's files (`from_gpt2`), and encodes exactly
-  as tiktoken does: inside a chunk, repeatedly merge the adjacent pair whose joined bytes are the
-  token of lowest rank (leftmost on ties); a chunk that is itself a token is that token. A
-  token's rank is its merge order.
-
-It leaves to other modules the split patterns (`bpe_split.py`), the training algorithm and its
-tie rule (`bpe_train.py`), the numba merge loop (`bpe_fast.py`) and file formats
-(`tokenizer_io.py`). Text is not normalized: it is encoded byte for byte as given.
+Text is cut into chunks by a regex (`split.py`) and each chunk's UTF-8 bytes are merged into
+tokens. A tokenizer trains its own merges (`train`, which runs `training.train_fast`) or reads
+GPT-2's files (`from_gpt2`), and encodes exactly as tiktoken does: by `basic.encode_naive`'s
+rule, run by `fast.py`'s numba loop on big batches; a chunk that is itself a token is that token.
+Text is not normalized: it is encoded byte for byte as given. File formats are `files.py`'s.
 
 subtle: a rank belongs to bytes, so two tokens with the same bytes would be ambiguous. Training
 keeps such a merge (it is plain BPE); encoding then emits only the first of the two ids and
@@ -17,25 +12,20 @@ decoding accepts both. We have never seen training produce one (the tests check 
 """
 import os
 import warnings
-from collections import Counter
 from itertools import chain
 
-import numpy as np
 import regex
 
-from tinygpt.bpe_split import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, ascii_split
-from tinygpt.bpe_train import train_bpe
-from tinygpt.tokenizer_io import (BPE_VERSION, CHAR_VERSION, MAX_ID, format_bpe, format_chars,
-                                  gpt2_paths, parse_bpe, parse_chars, parse_gpt2, read_version,
-                                  write_atomic)
+from ..fileio import atomic_write
+from .basic import encode_naive
+from .char import check_ids
+from .files import MAX_ID, format_bpe, gpt2_paths, parse_bpe, parse_gpt2
+from .split import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, ascii_split
+from .training import train_fast
 
 _CACHE_LIMIT = 200_000      # chunk -> ids entries kept before the cache starts over
 _NUMBA_MIN_BYTES = 2048     # fewer uncached bytes: merge in Python, no numba import needed
-_NO_MERGE = float("inf")    # rank of a pair that does not merge
 
-
-# -----------------------------------------------------------------------------------------------
-# helpers
 
 def check_text(text):
     """`text`, with lone surrogates (not encodable as UTF-8) replaced by U+FFFD, as tiktoken does.
@@ -52,47 +42,6 @@ def check_text(text):
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def check_ids(ids, vocab_size):
-    """`ids` as a 1-D int64 array, after checking that each is an int in [0, vocab_size).
-
-    Example:
-        check_ids([3, 1], 5) -> array([3, 1]);  check_ids([7], 5) -> ValueError naming 7 and 5
-    """
-    if isinstance(ids, (str, bytes, dict, set)) or np.ndim(ids) != 1:
-        raise TypeError(f"ids must be a 1-D sequence of ints, got {type(ids).__name__}")
-    arr = np.asarray(ids)
-    if arr.dtype == object:  # ints too big for int64, or a mix of types: find the culprit
-        for i in arr:
-            if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
-                raise TypeError(f"ids must be ints, got {i!r} of type {type(i).__name__}")
-            if not 0 <= i < vocab_size:
-                raise ValueError(f"token id {i} is out of range for vocab_size {vocab_size}")
-    if arr.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"ids must be ints, got an array of {arr.dtype}")
-    bad = (arr < 0) | (arr >= vocab_size)
-    if bad.any():
-        raise ValueError(f"token id {arr[np.argmax(bad)]} is out of range for vocab_size "
-                         f"{vocab_size}")
-    return arr.astype(np.int64)
-
-
-def load_tokenizer(path):
-    """Load a CharTokenizer or a BPETokenizer, whichever the file's version line names.
-
-    Example:
-        load_tokenizer("out/shakespeare.tok") -> CharTokenizer    # first line "tinygpt-char 1"
-    """
-    first = read_version(path)
-    if first == CHAR_VERSION.encode():
-        return CharTokenizer.load(path)
-    if first == BPE_VERSION.encode():
-        return BPETokenizer.load(path)
-    raise ValueError(f"{path}:1: not a tinygpt tokenizer file: expected {CHAR_VERSION!r} or "
-                     f"{BPE_VERSION!r}, got {first[:40]!r}")
-
-
 def _numba_ok():
     """May the numba merge loop be used? Not with TINYGPT_KERNELS=numpy, nor without numba."""
     global _NUMBA
@@ -100,68 +49,15 @@ def _numba_ok():
         _NUMBA = os.environ.get("TINYGPT_KERNELS", "numba") != "numpy"
         try:
             if _NUMBA:
-                import tinygpt.bpe_fast  # noqa: F401  (compiles, or loads its cache, on first use)
+                from . import fast  # noqa: F401  (compiles, or loads its cache, on first use)
         except ImportError as e:
-            warnings.warn(f"numba unavailable ({e}); BPE encoding uses the Python loop")
+            warnings.warn(f"numba unavailable ({e}); BPE encoding uses the naive loop")
             _NUMBA = False
     return _NUMBA
 
 
 _NUMBA = None  # decided on first use
 
-
-# -----------------------------------------------------------------------------------------------
-# character level
-
-class CharTokenizer:
-    """One id per distinct character of a text, ids in sorted character order.
-
-    Example:
-        tok = CharTokenizer("hello")    # ids: "e" 0, "h" 1, "l" 2, "o" 3
-        tok.encode("hole") -> [1, 3, 2, 0];  tok.vocab_size -> 4
-    """
-
-    def __init__(self, text):
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str, got {type(text).__name__}")
-        if not text:
-            raise ValueError("cannot build a CharTokenizer from an empty text")
-        self.chars = sorted(set(text))                        # id -> character
-        self.stoi = {c: i for i, c in enumerate(self.chars)}  # character -> id
-        # sorted code points: np.searchsorted maps a code point straight to its id
-        self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)
-
-    @property
-    def vocab_size(self):
-        return len(self.chars)
-
-    def encode(self, text):
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str, got {type(text).__name__}")
-        # UTF-32 is one uint32 per character, so the lookup is a single vectorized searchsorted
-        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        ids = np.searchsorted(self._codepoints, cps)
-        known = self._codepoints[np.minimum(ids, self.vocab_size - 1)] == cps
-        if not known.all():
-            i = int(np.argmin(known))
-            raise ValueError(f"character {text[i]!r} (U+{ord(text[i]):04X}) at index {i} is not "
-                             f"in this tokenizer's vocabulary of {self.vocab_size} characters")
-        return ids.tolist()
-
-    def decode(self, ids):
-        ids = check_ids(ids, self.vocab_size)
-        return self._codepoints[ids].tobytes().decode("utf-32-le", "surrogatepass")
-
-    def save(self, path):
-        write_atomic(path, format_chars(self.chars))
-
-    @classmethod
-    def load(cls, path):
-        return cls("".join(parse_chars(path)))
-
-
-# -----------------------------------------------------------------------------------------------
-# byte-level BPE
 
 class BPETokenizer:
     """Byte-level BPE: text is cut into chunks by a regex, each chunk's UTF-8 bytes are merged.
@@ -194,21 +90,14 @@ class BPETokenizer:
         self._encoder = {}  # bytes -> id; on duplicate bytes the lowest rank wins
         for i, t in self.vocab.items():
             self._encoder.setdefault(t, i)
-        self._rank_ids = list(self.merges.values())  # rank -> id of the token that merge makes
-        # tiktoken's rule as a table: (left, right) -> rank of the token made of their bytes,
-        # for every way to cut a token into two tokens, not only the merge that built it.
-        self._pair_ranks = {}
-        for rank, i in enumerate(self._rank_ids):
-            t = self.vocab[i]
-            for k in range(1, len(t)):
-                left, right = self._encoder.get(t[:k]), self._encoder.get(t[k:])
-                if left is not None and right is not None:
-                    self._pair_ranks.setdefault((left, right), rank)
+        self._ranks = {}  # merged token's bytes -> rank, its merge's place in the merge order
+        for rank, i in enumerate(self.merges.values()):
+            self._ranks.setdefault(self.vocab[i], rank)
         for s, i in self.special_tokens.items():
             self.vocab[i] = s.encode("utf-8")
         self._vocab_size = max(self.vocab) + 1
         self._cache = {}   # chunk (str) -> tuple of ids
-        self._fast = None  # the same tables as NumPy arrays for bpe_fast, built on first use
+        self._fast = None  # fast.py's tables, built on first use
 
     @property
     def vocab_size(self):
@@ -231,8 +120,8 @@ class BPETokenizer:
     def train(self, text, vocab_size, verbose=False):
         """Learn vocab_size - 256 merges from `text`; this replaces merges and special tokens.
 
-        See `bpe_train.train_bpe` for the algorithm and its tie rule. If every chunk becomes a
-        single token before that, training stops early and the vocabulary is smaller.
+        See `basic.py` for the algorithm and its tie rule. If every chunk becomes a single
+        token before that, training stops early and the vocabulary is smaller.
 
         Example:
             tok.train(open("tinyshakespeare.txt").read(), 512)  -> 256 merges, ids 256..511
@@ -245,32 +134,12 @@ class BPETokenizer:
                              f"got {vocab_size}")
         if not text:
             raise ValueError("cannot train on an empty text")
-        chunk_counts = Counter(self._chunks(text))  # each distinct chunk once
-        self.merges = train_bpe(chunk_counts, vocab_size - 256, verbose)
+        self.merges = train_fast(self._chunks(text), vocab_size - 256, verbose)
         self.byte_ids = list(range(256))
         self.special_tokens = {}
         self._build()
 
     # --- encoding ------------------------------------------------------------------------------
-
-    def _bpe_python(self, data):
-        """Merge the bytes of one chunk into token ids: the readable spec of bpe_fast's kernel.
-
-        tiktoken's rule: while some adjacent pair makes a token, merge the pair whose token has
-        the lowest rank (the leftmost such pair on ties).
-
-        Example (GPT-2):
-            _bpe_python(b" tokenizer") -> (11241, 7509)     # " token" "izer"
-        """
-        ids = [self.byte_ids[b] for b in data]
-        while len(ids) > 1:
-            ranks = [self._pair_ranks.get(pair, _NO_MERGE) for pair in zip(ids, ids[1:])]
-            best = min(ranks)
-            if best == _NO_MERGE:
-                break
-            i = ranks.index(best)  # the leftmost pair of lowest rank
-            ids[i:i + 2] = [self._rank_ids[best]]
-        return tuple(ids)
 
     def _encode_chunks(self, chunks):
         """Encode chunks (str) into the cache. A chunk that is a token is that token: tiktoken's
@@ -280,12 +149,13 @@ class BPETokenizer:
         encoded = [(i,) if i is not None else None for i in map(self._encoder.get, datas)]
         todo = [k for k, ids in enumerate(encoded) if ids is None]  # chunks that need merging
         if sum(len(datas[k]) for k in todo) >= _NUMBA_MIN_BYTES and _numba_ok():
-            from tinygpt import bpe_fast
+            from . import fast
             if self._fast is None:
-                self._fast = bpe_fast.make_tables(self.byte_ids, self._pair_ranks, self._rank_ids)
-            merged = bpe_fast.encode_batch([datas[k] for k in todo], self._fast)
-        else:
-            merged = [self._bpe_python(datas[k]) for k in todo]
+                self._fast = fast.make_tables(self.byte_ids, self._ranks, self._encoder)
+            merged = fast.encode_batch([datas[k] for k in todo], self._fast)
+        else:  # a few bytes, or no numba: the naive loop, which computes the same ids
+            merged = [tuple(map(self._encoder.__getitem__, encode_naive(datas[k], self._ranks)))
+                      for k in todo]
         for k, ids in zip(todo, merged):
             encoded[k] = ids
         self._cache.update(zip(chunks, encoded))
@@ -393,9 +263,10 @@ class BPETokenizer:
         self._vocab_size = max(self.vocab) + 1
 
     def save(self, path):
-        """Write the tokenizer in tinygpt's text format (see tokenizer_io.py), atomically."""
-        write_atomic(path, format_bpe(self.pattern, self.special_tokens, self.byte_ids,
-                                      self.merges, self.vocab))
+        """Write the tokenizer in tinygpt's text format (see files.py), atomically."""
+        text = format_bpe(self.pattern, self.special_tokens, self.byte_ids, self.merges,
+                          self.vocab)
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
     @classmethod
     def _from_parts(cls, pattern, special_tokens, byte_ids, merges):
