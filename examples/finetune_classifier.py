@@ -7,44 +7,33 @@
     python examples/finetune_classifier.py --trainable-blocks 4 --learning-rate 6e-4 --lm-weight 0.5
                                                                # every block, with GPT-1's LM loss
 
-Start: the checkpoint of train_shakespeare.py (--init-from, its tokenizer is read next to it). Its
-output head over the vocabulary is replaced by a 2-class head read at each line's last token
-(tinygpt/finetune.py: GPTClassifier). Everything else is frozen except the last
---trainable-blocks blocks and ln_f, or, with --lora-rank R, everything except the LoRA matrices
-on the chosen projections (--lora-blocks, --lora-targets) and the new head. With --lm-weight W,
-the loss is GPT-1's (Radford et al. 2018, section 3.2): the class loss plus W times the
-next-token loss on the line itself, read through the tied embedding as in pretraining (training
-every block, W = 0.5 added 0.4 +- 0.3 points of test accuracy over 20 seeds). The learning rate
-warms up over half an epoch, then falls along a cosine to a tenth of its peak. Accuracy on the
-train, val and test splits is printed after every epoch; the final weights are kept, their test
-accuracy is reported, and the classifier (LoRA merged in) is saved to --out-dir/classifier.npz
-with the tokenizer beside it. (No early stopping: the val split has only ~70 lines, and picking
-the epoch of best val accuracy picked noise: 0.6-1.5 points lower test accuracy over 10 seeds.)
+Start: train_shakespeare.py's checkpoint (--init-from; its tokenizer is read next to it). Its
+vocabulary head is replaced by a 2-class head read at each line's last token (tinygpt/finetune.py:
+GPTClassifier). Only the last --trainable-blocks blocks, ln_f and the head train; with
+--lora-rank R, only the LoRA matrices on the chosen projections (--lora-blocks, --lora-targets)
+and the head. --lm-weight W adds GPT-1's auxiliary loss (Radford et al. 2018, section 3.2): W
+times the next-token loss on the line, through the tied embedding as in pretraining. The
+learning rate warms up over half an epoch, then falls along a cosine to a tenth of its peak.
+Accuracy on each split is printed every epoch; the final weights are kept (no early stopping:
+~70 val lines are too few to pick an epoch by), their test accuracy is reported, and they are
+saved (LoRA merged in) to --out-dir/classifier.npz, the tokenizer beside it.
 
 The data, from $TINYGPT_DATA_DIR (or --data-dir): class 0 is tinyshakespeare.txt, class 1 is
-the-verdict.txt. Choices, so that the task is about style and not about formatting:
-- Shakespeare lines are taken as they are; speaker-name lines ("ROMEO:", "First Citizen:") are
-  dropped, since they would give the answer away.
-- "The Verdict" has one paragraph a line (~245 characters), so it is re-wrapped at word
-  boundaries to --wrap-width characters: as long as the context (64, with the newline below)
-  allows, like a line of verse or of Shakespeare's prose scenes. Longer lines are easier.
-- Characters that Shakespeare never uses ('"', '(', ')', '_') are removed from Wharton's text:
-  they would be a giveaway, and a character tokenizer could not encode them.
-- Lines shorter than --min-chars are dropped (too little to judge: with 20 instead of 45,
-  accuracy drops by several points), then duplicates. One cue remains on purpose: verse lines
-  start with a capital letter, wrapped prose lines mostly do not; that is the style.
-- The split is 70/10/20 (train/val/test) and balanced. Wharton's ~80 paragraphs are what is
-  split (shuffled, cut at 70% and 80% of the characters), so no val or test line comes from a
-  paragraph seen in training. Shakespeare's ~7,900 lines give val and test as many lines as
-  Wharton's do there; every epoch, training draws a fresh set of as many lines as Wharton's
-  training lines from the rest. There is far more Shakespeare than Wharton, and a new sample
-  each epoch keeps the classifier from learning a few hundred Shakespeare lines by heart.
-  Wharton's training paragraphs are re-wrapped every epoch after dropping their first 0-7
-  words, so that her lines, too, are new each epoch: they break after other words.
+the-verdict.txt, prepared so that the task is about style and not about formatting:
+- Shakespeare's speaker-name lines ("ROMEO:", "First Citizen:") are dropped: a giveaway.
+- The Verdict's paragraphs (one a line) are re-wrapped at word boundaries to --wrap-width
+  characters, as long as the 64-token context allows: like a line of verse or of prose.
+- Characters Shakespeare never uses ('"', '(', ')', '_') are cut from Wharton's: a giveaway,
+  and a character tokenizer could not encode them.
+- Lines shorter than --min-chars (too little to judge) are dropped, then duplicates. Verse's
+  leading capitals stay on purpose: that is style.
+- The split is 70/10/20 and balanced, cut between Wharton's paragraphs, so that no val or test
+  line shares a paragraph with a training line. Each epoch draws fresh Shakespeare lines (there
+  is far more of it, and a new sample keeps the classifier from learning lines by heart) and
+  re-wraps Wharton's paragraphs after dropping their first 0-7 words, so hers are new too.
 - Each line is given with a newline in front, as every line was in pretraining.
 
-The data set is small (~120 lines to test), so test accuracy moves by several points from one
---seed to another (it draws the split): measure over a few seeds.
+--seed draws the split (~120 test lines): compare options over several seeds (BENCHMARKS.md).
 """
 import dataclasses
 import os
@@ -230,7 +219,11 @@ def main(argv=None):
                 optimizer.lr = get_lr(step, cfg.learning_rate, cfg.learning_rate / 10, warmup, total_steps)
             idx, lengths = pad_batch([train_seqs[i] for i in b], 0, model.config.block_size)
             batch = {"idx": idx, "targets": train_labels[b], "lengths": lengths, "lm_weight": cfg.lm_weight}
-            losses.append(train_step(model, optimizer, [batch], cfg.grad_clip)[0])
+            try:
+                losses.append(train_step(model, optimizer, [batch], cfg.grad_clip)[0])
+            except FloatingPointError as e:  # diverged: nothing is saved
+                print(f"error: step {step}: {e}; stopped without saving", file=sys.stderr)
+                return 1
             step += 1
             if step == cfg.max_steps:
                 break

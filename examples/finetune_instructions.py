@@ -5,7 +5,7 @@
     python examples/finetune_instructions.py --init-from path/to/gpt2 --epochs 2
     python examples/finetune_instructions.py --init-from path/to/gpt2 --lora-rank 8 --learning-rate 5e-4
 
-    # a small model of examples/train_shakespeare.py, end to end in a few minutes (the default)
+    # a small model of examples/train_shakespeare.py: a quick end-to-end run (the default)
     python examples/finetune_instructions.py --init-from out-shakespeare/ckpt.npz --learning-rate 1e-3
 
 Data: $TINYGPT_DATA_DIR/instruction-data.json (or --data), 1,100 {"instruction", "input",
@@ -15,28 +15,24 @@ format_prompt) followed by its output and an end-of-text token; `collate` pads b
 end-of-text and masks all but the first pad of each row in the targets. --mask-prompt also masks
 the prompt, so that only the response is learned.
 
-The val loss is printed before training and after each epoch, with the model's answer to the
-first val prompt after each epoch. At the end the model answers every test prompt (greedy, up
-to --max-new-tokens, stopping at end-of-text) and the entries, each with its "model_response",
-are written (atomically) to --out-dir/test-responses.json. The fine-tuned model (LoRA merged
-in) is saved next to it: a GPT-2 folder `model/` for a GPT-2 start, else `ckpt.npz` with
-`tokenizer.tok`.
+The val loss is printed before training and after each epoch, with the answer to the first val
+prompt. At the end every test prompt is answered (greedy, up to --max-new-tokens, stopping at
+end-of-text) into --out-dir/test-responses.json (written atomically, a "model_response" in each
+entry), and the model, LoRA merged in, is saved beside it: a GPT-2 folder `model/` for a GPT-2
+start, else `ckpt.npz` with `tokenizer.tok`.
 
 Small models, and what is done for them:
-- End-of-text. GPT-2's tokenizer has <|endoftext|> (50256). A character (or self-trained BPE)
-  tokenizer has none, so one is added as a NEW id, the old vocabulary size: the token embedding
-  grows by one row (finetune.ensure_eot). The saved model then has one token more than its
-  tokenizer file; that id only ever ends a response.
+- End-of-text. GPT-2's tokenizer has <|endoftext|> (50256); a character or self-trained BPE
+  tokenizer has none, so one is added as a NEW id, the old vocabulary size (finetune.ensure_eot):
+  the embedding grows a row, and the saved model has one token more than its tokenizer file.
 - Unknown characters. A character tokenizer knows only Shakespeare's 65 characters; every other
   character (digits but 3, '#', '"', brackets, accents, ...) is DROPPED from prompts and answers
   (finetune.encode_known), and the count is printed. "### Instruction:" becomes " Instruction:".
-- Context. train_shakespeare.py's default context is 64 tokens, shorter than the Alpaca header
-  alone (~120 characters): sequences are cut at block_size, so most responses are never seen in
-  training. The run still goes end to end (CI does that); train the base model with a larger
-  --block-size (e.g. 256) for a character model that can learn something here.
+- Context. train_shakespeare.py's default 64 tokens are shorter than the Alpaca header alone
+  (~120 characters), so most responses are cut off at block_size and never learned; the run
+  still goes end to end (CI does that). Train the base model with --block-size 256 or so.
 
-Speed, GPT-2 124M on a 2-core CPU: ~4.5 s a step of 8 sequences (~3 s with LoRA), so an epoch
-(117 steps) takes ~9 minutes, and answering the 110 test prompts several more. --max-steps and
+GPT-2 124M trains slowly on a CPU (BENCHMARKS.md has the time per step): --max-steps and
 --max-test cut a run short.
 """
 import dataclasses
@@ -54,7 +50,7 @@ from tinygpt.config import option, parse_config
 from tinygpt.data import batches
 from tinygpt.fileio import atomic_write
 from tinygpt.finetune import (collate, count_params, encode_known, ensure_eot, format_prompt, generate_response,
-                              set_trainable, split)
+                              read_instructions, set_trainable, split)
 from tinygpt.lora import LORA_PATTERNS, apply_lora, block_targets, merge_lora, merged_state_dict
 from tinygpt.model import GPT
 from tinygpt.optim import AdamW
@@ -119,8 +115,7 @@ def main(argv=None):
     functional.manual_seed(cfg.seed)
     path = cfg.data or os.path.join(os.environ.get("TINYGPT_DATA_DIR", "."), "instruction-data.json")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_instructions(path)
         model, tokenizer = load_model(cfg.init_from)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e} (set $TINYGPT_DATA_DIR or pass --data / --init-from)", file=sys.stderr)
@@ -155,7 +150,11 @@ def main(argv=None):
     for epoch in range(1, cfg.epochs + 1):
         for b in batches(len(train_seqs), cfg.batch_size, rng):
             batch = make_batch(b, train_seqs, train_prompts, eot, cfg, block_size)
-            loss, _ = train_step(model, optimizer, [batch], cfg.grad_clip)
+            try:
+                loss, _ = train_step(model, optimizer, [batch], cfg.grad_clip)
+            except FloatingPointError as e:  # diverged: nothing is saved
+                print(f"error: step {step}: {e}; stopped without saving", file=sys.stderr)
+                return 1
             step += 1
             if step % cfg.log_interval == 0:
                 print(f"epoch {epoch} step {step}: loss {loss:.4f} | {time.perf_counter() - t0:.0f}s")

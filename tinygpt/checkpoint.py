@@ -31,7 +31,7 @@ import zipfile
 import numpy as np
 
 from . import functional
-from .fileio import atomic_write
+from .fileio import atomic_write, available_memory, file_in_folder
 from .model import GPT, GPTConfig
 from .tokenizer import BPETokenizer, load_tokenizer
 
@@ -86,31 +86,101 @@ def save_checkpoint(path, model, optimizer=None, config=None, iter_num=0, rng=No
     atomic_write(path, lambda f: np.savez(f, allow_pickle=False, **arrays))
 
 
-def read_checkpoint(path):
+def _check_members(zf, path, max_bytes):
+    """Check every member's sizes before inflating any: the total that the zip says they inflate
+    to must fit in `max_bytes`, and each .npy header must describe exactly its member's bytes.
+    A small file can hold a member that inflates to GBs, or a header that claims 10^12 numbers."""
+    infos = zf.infolist()
+    total = sum(i.file_size for i in infos)
+    if max_bytes is not None and total > max_bytes:
+        raise ValueError(f"its arrays would take {total / 1e9:.2f} GB, more than the {max_bytes / 1e9:.2f} GB available")
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise ValueError(f"member {info.filename[:80]!r} is not a .npy array")
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"member {info.filename[:80]!r} is .npy version {version}")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)  # the header only: nothing is inflated past it
+            header = f.tell()
+        if dtype.hasobject:
+            raise ValueError(f"member {info.filename[:80]!r} holds Python objects, which are never unpickled")
+        nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if header + nbytes != info.file_size:
+            raise ValueError(f"member {info.filename[:80]!r} claims shape {shape[:8]} of {dtype} "
+                             f"({nbytes:,} bytes) but holds {info.file_size - header:,}")
+
+
+def _checked_meta(meta):
+    """The meta dict, its fields of the types the rest of tinygpt relies on."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"its meta has no format marker {FORMAT!r}")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"it is version {str(meta.get('version'))[:20]}; this tinygpt reads version {VERSION}")
+    types = {"config": dict, "iter_num": int, "rng_state": (dict, type(None)), "dropout_rng_states": list,
+             "extra": dict}
+    for key, kind in types.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise ValueError(f"its meta field {key!r} is {type(meta.get(key)).__name__}, not {kind}")
+    return meta
+
+
+def read_checkpoint(path, max_bytes="available"):
     """Read and check a checkpoint file into a `Checkpoint`. Anything that is not a complete
-    tinygpt checkpoint (truncated, corrupt, another program's .npz) raises ValueError naming it."""
+    tinygpt checkpoint (truncated, corrupt, crafted, another program's .npz) raises ValueError
+    naming it, before more memory is taken than the arrays it declares (at most `max_bytes`,
+    by default the memory available)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if max_bytes == "available":
+        max_bytes = available_memory()
     try:
-        z = np.load(path, allow_pickle=False)
-        if not hasattr(z, "files"):  # a bare .npy array, not an .npz
-            raise ValueError("it is a single .npy array")
-        with z:
+        with zipfile.ZipFile(path) as zf:
+            _check_members(zf, path, max_bytes)
+        with np.load(path, allow_pickle=False) as z:
             if "meta" not in z.files:
                 raise ValueError("it has no 'meta' entry")
-            meta = json.loads(z["meta"].tobytes().decode("utf-8"))
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                raise ValueError(f"its meta has no format marker {FORMAT!r}")
-            if meta.get("version") != VERSION:
-                raise ValueError(f"it is version {meta.get('version')!r}; this tinygpt reads version {VERSION}")
+            meta = _checked_meta(json.loads(z["meta"].tobytes().decode("utf-8")))
             # read every array now: a corrupt member fails its CRC check here, not later
             model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
             optim = {k[len("optim/"):]: z[k] for k in z.files if k.startswith("optim/")}
             return Checkpoint(model, optim, meta["config"], meta["iter_num"], meta["rng_state"],
                               meta["dropout_rng_states"], meta["extra"])
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as e:
+    except RecursionError:  # JSON nested thousands deep
+        raise ValueError(f"{path} is not a readable tinygpt checkpoint: its meta is nested too deeply") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, TypeError) as e:
         # ValueError also covers bad JSON, bad UTF-8, and np.load refusing to unpickle
         raise ValueError(f"{path} is not a readable tinygpt checkpoint: {e}") from None
+
+
+def model_config(ckpt, path="checkpoint"):
+    """The GPTConfig a checkpoint's model was built with, checked against its arrays, so that a
+    crafted config (n_embd 10^7) can never make the model allocate more than the file held."""
+    try:
+        config = GPTConfig(**ckpt.config["model"])
+    except KeyError:
+        raise ValueError(f"{path} has no model config: was it written by tinygpt train?") from None
+    except (TypeError, ValueError) as e:  # unknown keys, wrong types or values
+        raise ValueError(f"{path}: its model config is not a GPTConfig ({e})") from None
+    expect = {"transformer.wte.weight": (config.vocab_size, config.n_embd),
+              "transformer.wpe.weight": (config.block_size, config.n_embd),
+              f"transformer.h.{config.n_layer - 1}.attn.c_attn.weight": (config.n_embd, 3 * config.n_embd)}
+    for name, shape in expect.items():
+        got = ckpt.model.get(name)
+        if got is None or got.shape != shape:
+            raise ValueError(f"{path}: its config says {name} is {shape}, but it holds "
+                             f"{None if got is None else got.shape}")
+    return config
+
+
+def check_vocab(config, tokenizer, source, tokenizer_source, extra_ids=0):
+    """A model's vocab_size must be its tokenizer's (plus `extra_ids` that only the model has,
+    such as a fine-tuning end-of-text), or ids would be out of range or decode to garbage."""
+    if config.vocab_size != tokenizer.vocab_size + extra_ids:
+        raise ValueError(f"{source} has a vocabulary of {config.vocab_size} tokens but the tokenizer "
+                         f"{tokenizer_source} has {tokenizer.vocab_size}" +
+                         (f" (+{extra_ids} of the model's own)" if extra_ids else "") + ": they were not made together")
 
 
 def load_checkpoint(path, model=None, optimizer=None, rng=None):
@@ -126,6 +196,13 @@ def restore(ckpt, model=None, optimizer=None, rng=None, path="checkpoint"):
     batch generator `rng`. With both a model and an optimizer (resuming training) the model's
     dropout generators are restored too; weights alone (to sample, or to fine-tune afresh) leave
     them be, so the model may be built differently (e.g. without a seed)."""
+    try:
+        _restore(ckpt, model, optimizer, rng, path)
+    except (ValueError, TypeError) as e:  # shapes or names that do not fit: name the file once
+        raise ValueError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+
+
+def _restore(ckpt, model, optimizer, rng, path):
     if model is not None:
         model.load_state_dict(ckpt.model)
     if model is not None and optimizer is not None:
@@ -136,13 +213,21 @@ def restore(ckpt, model=None, optimizer=None, rng=None, path="checkpoint"):
         for g, state in zip(gens, ckpt.dropout_rng_states):
             # subtle: set the state of each generator in place rather than rebinding it, since
             # Dropout layers (or functional._rng's users) hold references to these objects
-            g.bit_generator.state = state
+            _set_state(g, state, path)
     if optimizer is not None:
         if not ckpt.optimizer:
             raise ValueError(f"{path} holds no optimizer state, so training cannot resume from it")
         optimizer.load_state_dict(ckpt.optimizer)
     if rng is not None and ckpt.rng_state is not None:
-        rng.bit_generator.state = ckpt.rng_state
+        _set_state(rng, ckpt.rng_state, path)
+
+
+def _set_state(generator, state, path):
+    try:
+        generator.bit_generator.state = state
+    except (TypeError, ValueError, KeyError) as e:  # NumPy checks the state it is given
+        raise ValueError(f"{path} holds a random generator state NumPy refuses ({type(e).__name__}: "
+                         f"{str(e)[:100]})") from None
 
 
 def load_model(path, tokenizer_path=None):
@@ -155,14 +240,16 @@ def load_model(path, tokenizer_path=None):
     if os.path.isdir(path):
         model = GPT.from_pretrained(path)
         tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else BPETokenizer.from_gpt2()
+        check_vocab(model.config, tokenizer, path, tokenizer_path or "GPT-2's")
         return model.eval(), tokenizer
     ckpt = read_checkpoint(path)
-    if "model" not in ckpt.config:
-        raise ValueError(f"{path} has no model config: was it written by tinygpt train?")
-    model = GPT(GPTConfig(**ckpt.config["model"]))
+    model = GPT(model_config(ckpt, path))
     restore(ckpt, model, path=path)
     if tokenizer_path is None:
-        tokenizer_path = os.path.join(os.path.dirname(path), ckpt.extra.get("tokenizer_file", TOKENIZER_FILE))
+        tokenizer_path = file_in_folder(os.path.dirname(path), ckpt.extra.get("tokenizer_file", TOKENIZER_FILE), path)
     if not os.path.isfile(tokenizer_path):
         raise FileNotFoundError(f"tokenizer file {tokenizer_path!r} not found; pass --tokenizer PATH")
-    return model.eval(), load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
+    # a fine-tuned model may have one id more than its tokenizer: the end-of-text it learned
+    check_vocab(model.config, tokenizer, path, tokenizer_path, extra_ids=int("eot_id" in ckpt.extra))
+    return model.eval(), tokenizer

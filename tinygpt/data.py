@@ -13,7 +13,7 @@ This module owns the path from text to training batches:
   as in the "LLMs from scratch" course material, for epoch-style training; `batches`: the index
   batches of one epoch, shuffled or not (the fine-tuning examples use it too).
 
-What it leaves out: tokenization itself (tokenizer.py) and the model.
+What it leaves out: tokenization itself (tokenizer/) and the model.
 
 The one idea behind every batch: a window of T+1 tokens gives T training examples at once.
 
@@ -21,6 +21,7 @@ The one idea behind every batch: a window of T+1 tokens gives T training example
     x (in):   [ 5, 9, 2, 7 ]         position t sees x[:t+1] ...
     y (out):  [ 9, 2, 7, 3 ]         ... and must predict y[t] = x[t+1]
 """
+import http.client
 import json
 import os
 import urllib.error
@@ -28,7 +29,7 @@ import urllib.request
 
 import numpy as np
 
-from .fileio import atomic_write
+from .fileio import atomic_write, file_in_folder
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 MAX_UINT16_VOCAB = 65536  # ids must fit in uint16 for the .bin files
@@ -71,8 +72,8 @@ def find_text(path=None, name="tinyshakespeare.txt", url=SHAKESPEARE_URL, cache_
         raise FileNotFoundError(f"cannot find {name}: no --data given and {where}; {hint}")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            body = r.read()
-    except (urllib.error.URLError, OSError) as e:  # offline, DNS failure, timeout, HTTP error
+            body = r.read()  # a body cut short raises IncompleteRead: nothing half-downloaded is kept
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # offline, timeout, HTTP error
         raise FileNotFoundError(f"cannot find {name}: no --data given, {where}, and downloading "
                                 f"{url} failed ({e}); {hint}") from None
     atomic_write(cached, lambda f: f.write(body))
@@ -80,8 +81,13 @@ def find_text(path=None, name="tinyshakespeare.txt", url=SHAKESPEARE_URL, cache_
 
 
 def read_text(path):
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    """The whole file as a str. A file that is not UTF-8 text raises ValueError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded): "
+                         "pass a UTF-8 text file, or a folder of token files") from None
 
 
 def split_text(text, val_fraction=0.1):
@@ -115,11 +121,20 @@ class TokenDataset:
 
     @classmethod
     def from_dir(cls, folder):
-        """Open `train.bin` and `val.bin` (written by `write_token_files`) as memmaps."""
+        """Open `train.bin` and `val.bin` (written by `write_token_files`) as memmaps. Every id
+        must be below meta.json's vocab_size (one pass over the ids, at setup, not mid-run)."""
         meta = read_meta(folder)
         ds = cls(*(open_bin(os.path.join(folder, f"{s}.bin")) for s in ("train", "val")))
+        for split, ids in ds.splits.items():
+            if ids.size and int(ids.max()) >= meta["vocab_size"]:
+                raise ValueError(f"{os.path.join(folder, split + '.bin')} holds id {int(ids.max())}, outside "
+                                 f"the vocabulary of {meta['vocab_size']} that {os.path.join(folder, 'meta.json')} gives")
         ds.meta = meta
         return ds
+
+    def tokenizer_path(self, folder):
+        """The tokenizer file that meta.json names, confined to the folder."""
+        return file_in_folder(folder, self.meta.get("tokenizer"), os.path.join(folder, "meta.json"))
 
     def get_batch(self, split, batch_size, block_size, rng):
         """x, y: int64 arrays of shape (batch_size, block_size), windows at random offsets drawn
@@ -193,8 +208,13 @@ def read_meta(folder):
         raise FileNotFoundError(f"{path} not found: write it with data.write_token_files") from None
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON (nested too deeply)") from None
     if not isinstance(meta, dict) or meta.get("format") != "tinygpt-tokens":
         raise ValueError(f"{path} is not a tinygpt token-file meta.json (no 'format': 'tinygpt-tokens')")
+    vocab = meta.get("vocab_size")
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or not 0 < vocab <= MAX_UINT16_VOCAB:
+        raise ValueError(f"{path}: vocab_size must be an integer in [1, {MAX_UINT16_VOCAB}], got {str(vocab)[:40]}")
     return meta
 
 

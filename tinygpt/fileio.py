@@ -3,7 +3,8 @@ tinygpt goes through (checkpoints, tokenizers, token files, Hugging Face folders
 
 `atomic_write(path, write)`: `write(f)` fills a new temp file in the same folder, which is
 fsynced and then renamed over `path` (os.replace), so a reader, a crash or a full disk sees
-either the old file or the new one, never a mix.
+either the old file or the new one, never a mix. `lock_folder` keeps two runs out of one
+folder, and `remove_stale_temps` clears what a killed write left behind.
 
 What it leaves out: reading files (each format's own module) and deciding when to save.
 """
@@ -38,3 +39,63 @@ def atomic_write(path, write):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temps(folder, names):
+    """Remove the temp files that an atomic write of one of `names` left in `folder` when its
+    process was killed mid-write. Call it only while holding the folder's lock (`lock_folder`),
+    so that no live writer owns them. Returns the paths removed."""
+    removed = []
+    for entry in os.listdir(folder) if os.path.isdir(folder) else []:
+        if entry.endswith(".tmp") and any(entry.startswith(f".{name}.") for name in names):
+            path = os.path.join(folder, entry)
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)
+                removed.append(path)
+    return removed
+
+
+def lock_folder(folder, name=".lock"):
+    """Take an exclusive lock on `folder` for this process's lifetime (the OS drops it when the
+    process ends, even on kill -9). A second process gets a ValueError at once instead of two
+    runs overwriting each other's files. Returns the open lock file: keep a reference to it."""
+    os.makedirs(folder, exist_ok=True)
+    f = open(os.path.join(folder, name), "a+")
+    try:
+        import fcntl  # POSIX only; elsewhere the folder is not locked
+    except ImportError:
+        return f
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise ValueError(f"another run is using {folder} (it holds {os.path.join(folder, name)}); "
+                         "wait for it to finish or pass another --out-dir") from None
+    return f
+
+
+def file_in_folder(folder, name, source):
+    """The path of the file `name` inside `folder`, where `name` was read from the file `source`
+    (a checkpoint's tokenizer_file, a meta.json's tokenizer). Only a plain file name is allowed,
+    so a crafted file cannot point a reader at another folder (../../etc/passwd, /etc/passwd)."""
+    if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name or "\0" in name:
+        raise ValueError(f"{source}: the file it names must be a plain file name in {folder}, "
+                         f"got {str(name)[:80]!r}")
+    return os.path.join(folder, name)
+
+
+def available_memory():
+    """Bytes of memory this process could still allocate, as Linux's MemAvailable counts it (the
+    physical memory elsewhere; None where neither is known). Readers check a file's declared
+    sizes against it before inflating anything."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -5,8 +5,9 @@ This module owns the pieces both fine-tuning examples share:
 - classification: `GPTClassifier` (the language-model head replaced by a small `out_head`
   Linear(n_embd, num_classes), the course's name, read at the last real token of each
   sequence), `pad_batch`, `accuracy`;
-- instruction tuning: the Alpaca prompt (`format_prompt`), the `collate` function that turns
-  token lists into (inputs, targets) with padding masked out, and `generate_response`;
+- instruction tuning: the data (`read_instructions`), the Alpaca prompt (`format_prompt`), the
+  `collate` function that turns token lists into (inputs, targets) with padding masked out,
+  and `generate_response`;
 - small helpers: a seeded `split`, `encode_known` for a character vocabulary, `ensure_eot`.
 
 What it leaves out: LoRA (lora.py), the training step (train.py: `train_step`, `mean_loss`),
@@ -20,6 +21,7 @@ afterwards is never updated.
 """
 import dataclasses
 import fnmatch
+import json
 
 import numpy as np
 
@@ -169,6 +171,24 @@ def accuracy(model, seqs, labels, batch_size=64, pad_id=0):
 
 ALPACA_HEADER = ("Below is an instruction that describes a task. "
                  "Write a response that appropriately completes the request.")
+
+
+def read_instructions(path):
+    """The entries of an instruction JSON file: a list of {"instruction", "input" (optional),
+    "output"} objects of strings. Anything else raises ValueError naming the file and entry."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nesting too deep
+        raise ValueError(f"{path} is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path} must hold a non-empty JSON list of entries, got {type(entries).__name__}")
+    for i, e in enumerate(entries):
+        if not (isinstance(e, dict) and isinstance(e.get("instruction"), str) and isinstance(e.get("output"), str)
+                and isinstance(e.get("input", ""), str)):
+            raise ValueError(f"{path}: entry {i} is not an object with string 'instruction' and 'output' "
+                             "(and an optional string 'input')")
+    return entries
 
 
 def format_prompt(entry):

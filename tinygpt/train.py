@@ -11,7 +11,7 @@ Defaults are nanoGPT's "baby GPT" for a CPU on character-level Tiny Shakespeare:
     python -m tinygpt.train --max-iters 500 --tokenizer bpe --out-dir out-bpe
     python -m tinygpt.train --resume            # pick up from out-shakespeare/ckpt.npz
 
-Files in --out-dir: `ckpt.npz` (checkpoint.py), `tokenizer.tok` (tokenizer.py), `losses.csv`
+Files in --out-dir: `ckpt.npz` (checkpoint.py), `tokenizer.tok` (tokenizer/), `losses.csv`
 (iter, train_loss, val_loss, lr at each evaluation) and `losses.png` if matplotlib is installed.
 
 One choice differs from nanoGPT, on purpose: evaluation draws its batches from a generator of
@@ -21,7 +21,7 @@ never moves the training batch generator, so a resumed run continues exactly as 
 uninterrupted one would.
 
 What it leaves out: the model (model.py), the update rule (optim.py), the file formats
-(checkpoint.py, data.py, tokenizer.py), and sampling from a saved checkpoint (cli.py).
+(checkpoint.py, data.py, tokenizer/), and sampling from a saved checkpoint (cli.py).
 """
 import csv
 import dataclasses
@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import functional
-from .checkpoint import CKPT_FILE, TOKENIZER_FILE, read_checkpoint, restore, save_checkpoint
+from .checkpoint import (CKPT_FILE, TOKENIZER_FILE, check_vocab, model_config, read_checkpoint, restore,
+                         save_checkpoint)
 from .config import option, parse_config
 from .data import TokenDataset, find_text, read_text, split_text
-from .fileio import atomic_write
+from .fileio import atomic_write, available_memory, lock_folder, remove_stale_temps
 from .model import GPT, GPTConfig
 from .nn import evaluating
 from .optim import AdamW, clip_grad_norm, get_lr
@@ -52,9 +53,9 @@ CSV_FILE, PNG_FILE = "losses.csv", "losses.png"
 class TrainConfig:
     # data and files
     data: str = option(None, "text file to train on (default: $TINYGPT_DATA_DIR/tinyshakespeare.txt, else "
-                           "a download), or a folder from data.prepare_token_files", type=str)
+                             "a download), or a folder from data.prepare_token_files", type=str)
     tokenizer: str = option("char", "char: one id per character; bpe: train a byte-level BPE on the "
-                                  "train split; gpt2: GPT-2's 50257 tokens", choices=("char", "bpe", "gpt2"))
+                                    "train split; gpt2: GPT-2's 50257 tokens", choices=("char", "bpe", "gpt2"))
     bpe_vocab_size: int = option(512, "vocabulary size for --tokenizer bpe")
     out_dir: str = option("out-shakespeare", "folder for the checkpoint, tokenizer and loss history")
     resume: bool = option(False, "continue from the checkpoint in --out-dir")
@@ -94,11 +95,35 @@ class TrainConfig:
         for name in ("max_iters", "warmup_iters", "sample_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        # `not 0 <= x` is also true for NaN, which would otherwise train on silently into NaN weights
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2", "dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if self.learning_rate == 0:
+            raise ValueError("--learning-rate must be > 0, got 0")
         if self.lr_decay_iters is None:
             self.lr_decay_iters = self.max_iters
 
 
 # ---------------------------------------------------------------------------------------- setup
+
+def check_memory(config, batch_size, available=None):
+    """Refuse a model that cannot train in this machine's memory, before allocating it. The
+    estimate: weights, gradients and AdamW's two moments (4 float32 numbers a parameter), plus
+    the activations a step keeps for backward (about 34 numbers per layer, position and
+    channel, and the logits and their gradient)."""
+    C, L, V, T = config.n_embd, config.n_layer, config.vocab_size, config.block_size
+    n_params = V * C + T * C + L * (12 * C * C + 13 * C)
+    need = 4 * (4 * n_params + batch_size * T * (34 * L * C + 2 * V))
+    available = available_memory() if available is None else available
+    if available is not None and need > available:
+        raise ValueError(f"this model ({n_params / 1e6:,.0f}M parameters, batch {batch_size} x {T}) needs about "
+                         f"{need / 1e9:,.1f} GB to train, but {available / 1e9:.1f} GB of memory is available; "
+                         "use a smaller --n-embd, --n-layer, --block-size or --batch-size")
+
 
 def build_tokenizer(cfg, text):
     """A fresh tokenizer of the kind `cfg.tokenizer` names."""
@@ -119,6 +144,7 @@ class Run:
     data: TokenDataset
     tokenizer: object
     rng: np.random.Generator       # draws the training batches
+    lock: object = None            # the out_dir's lock file (fileio.lock_folder), held while the run lives
     start_iter: int = 0
     best_val: float = math.inf
     history: list = field(default_factory=list)  # [iter, train_loss, val_loss, lr] per evaluation
@@ -126,29 +152,34 @@ class Run:
 
 def setup(cfg, log=print):
     """Read the data, build or reload the tokenizer and model. User mistakes (missing data, a bad
-    checkpoint, sizes the data cannot fill) raise FileNotFoundError or ValueError."""
+    checkpoint, a tokenizer of another vocabulary, sizes the data or the memory cannot hold)
+    raise FileNotFoundError or ValueError here, before any training step."""
     folder = cfg.data if cfg.data is not None and os.path.isdir(cfg.data) else None
     if folder:  # ids tokenized once, memmapped (data.prepare_token_files)
         data, text, source = TokenDataset.from_dir(folder), None, folder
     else:
         source = find_text(cfg.data)
         text = read_text(source)
+    lock = lock_folder(cfg.out_dir)  # one run per folder; held until this process ends
+    remove_stale_temps(cfg.out_dir, (CKPT_FILE, TOKENIZER_FILE, CSV_FILE, PNG_FILE))
     ckpt_path, tok_path = (os.path.join(cfg.out_dir, f) for f in (CKPT_FILE, TOKENIZER_FILE))
     ckpt = None
     if cfg.resume:
         ckpt = read_checkpoint(ckpt_path)
+        model_cfg = model_config(ckpt, ckpt_path)
         tokenizer = load_tokenizer(tok_path)
-        model_cfg = GPTConfig(**ckpt.config["model"])
+        check_vocab(model_cfg, tokenizer, ckpt_path, tok_path)
     else:
         t0 = time.perf_counter()
-        tokenizer = (load_tokenizer(os.path.join(folder, data.meta["tokenizer"])) if folder
-                     else build_tokenizer(cfg, text))
-        os.makedirs(cfg.out_dir, exist_ok=True)
+        tokenizer = load_tokenizer(data.tokenizer_path(folder)) if folder else build_tokenizer(cfg, text)
         tokenizer.save(tok_path)  # next to the checkpoint, for sampling
         if cfg.tokenizer == "bpe" and not folder:
             log(f"trained a BPE tokenizer of {tokenizer.vocab_size} tokens in {time.perf_counter() - t0:.1f}s")
         model_cfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+    if folder and data.meta["vocab_size"] != tokenizer.vocab_size:
+        raise ValueError(f"{os.path.join(folder, 'meta.json')} says its ids are from a vocabulary of "
+                         f"{data.meta['vocab_size']} tokens, but the tokenizer has {tokenizer.vocab_size}")
     if not folder:
         data = TokenDataset.from_text(text, tokenizer)
     for split, ids in data.splits.items():
@@ -157,6 +188,7 @@ def setup(cfg, log=print):
                              f"block_size {model_cfg.block_size}; use a smaller --block-size or more text")
     log(f"data: {source} -> {len(data.splits['train']):,} train and {len(data.splits['val']):,} val tokens "
         f"({type(tokenizer).__name__}, vocab {tokenizer.vocab_size})")
+    check_memory(model_cfg, cfg.batch_size)
 
     keep_freed_memory()  # reuse freed activation memory step after step (runtime.py says why)
     functional.manual_seed(cfg.seed)
@@ -164,11 +196,14 @@ def setup(cfg, log=print):
     optimizer = AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                       weight_decay=cfg.weight_decay)
     # subtle: a seed sequence [seed, 1] gives a stream independent of the weights' (seeded `seed`)
-    run = Run(model, optimizer, data, tokenizer, np.random.default_rng([cfg.seed, 1]))
+    run = Run(model, optimizer, data, tokenizer, np.random.default_rng([cfg.seed, 1]), lock)
     if ckpt is not None:
         restore(ckpt, model, optimizer, run.rng, ckpt_path)
-        run.start_iter, run.history = ckpt.iter_num, ckpt.extra["history"]
-        run.best_val = ckpt.extra["best_val_loss"]
+        history, best = ckpt.extra.get("history"), ckpt.extra.get("best_val_loss")
+        if not (isinstance(history, list) and all(isinstance(h, list) and len(h) == 4 for h in history)
+                and isinstance(best, (int, float))):
+            raise ValueError(f"{ckpt_path} has no loss history: was it written by tinygpt train?")
+        run.start_iter, run.history, run.best_val = ckpt.iter_num, history, best
         log(f"resuming from {ckpt_path} at iteration {run.start_iter} (best val loss {run.best_val:.4f})")
     c = model_cfg
     log(f"model: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} channels, context {c.block_size}: "
@@ -207,16 +242,21 @@ def train_step(model, optimizer, micro_batches, grad_clip=0.0):
     `model(...)`'s keyword arguments), clip the global gradient norm to `grad_clip` (0: no
     clipping), step. Returns (mean loss, gradient norm before clipping, NaN when not clipping).
 
-    Every trainer runs this: train.py's loop and both fine-tuning examples.
+    A non-finite loss or gradient norm raises FloatingPointError before the step, so the weights
+    stay as they were. Every trainer runs this: train.py's loop and both fine-tuning examples.
     """
     optimizer.zero_grad()
     n, total = len(micro_batches), 0.0
     for batch in micro_batches:
         _, loss = model(**batch)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"the loss is {loss.item()}")
         # gradients add up over micro-batches, so scale each by 1/n to get the mean's gradient
         (loss * (1.0 / n) if n > 1 else loss).backward()
         total += loss.item()
     norm = clip_grad_norm(model.parameters(), grad_clip) if grad_clip > 0 else float("nan")
+    if grad_clip > 0 and not math.isfinite(norm):
+        raise FloatingPointError(f"the gradient norm is {norm}")
     optimizer.step()
     return total / n, norm
 
@@ -236,6 +276,8 @@ def train(cfg, run, log=print):
         just_resumed = it == run.start_iter and cfg.resume  # the checkpoint was saved after this eval
         if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and not just_resumed:
             losses = estimate_loss(run, cfg)
+            if not all(math.isfinite(v) for v in losses.values()):  # never save such weights
+                raise FloatingPointError(f"iteration {it}: the eval losses are {losses}")
             run.history.append([it, losses["train"], losses["val"], lr_at(it)])
             saved = ""
             if losses["val"] < run.best_val or cfg.always_save:
@@ -249,7 +291,10 @@ def train(cfg, run, log=print):
         t0 = time.perf_counter()
         run.optimizer.lr = lr_at(it)
         micro_batches = [model_batch(run, "train", cfg.batch_size, run.rng) for _ in range(cfg.grad_accum)]
-        loss, norm = train_step(run.model, run.optimizer, micro_batches, cfg.grad_clip)
+        try:
+            loss, norm = train_step(run.model, run.optimizer, micro_batches, cfg.grad_clip)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"iteration {it}: {e}") from None
         window_time += time.perf_counter() - t0
         window_iters += 1
         if it % cfg.log_interval == 0 or it == cfg.max_iters - 1:
@@ -322,10 +367,16 @@ def main(argv=None):
         print(f"\ninterrupted; the best checkpoint so far is in {cfg.out_dir}/, continue with --resume",
               file=sys.stderr)
         return 130
+    except FloatingPointError as e:  # diverged: try a lower --learning-rate, or --grad-clip
+        print(f"error: training diverged at {e}; stopped without saving (the last good checkpoint in "
+              f"{cfg.out_dir}/ is unchanged). tinygpt.detect_anomaly() names the op that made it.", file=sys.stderr)
+        return 1
     print(f"best val loss {run.best_val:.4f}; checkpoint, tokenizer and {CSV_FILE} in {cfg.out_dir}/")
     if cfg.sample_tokens:
         print(f"--- sample ({cfg.sample_tokens} tokens) ---")
-        print(sample_text(run.model, run.tokenizer, "\n", cfg.sample_tokens, seed=cfg.seed))
+        # after a newline, like a line of the text; a vocabulary without one starts from token 0
+        prompt = "\n" if "\n" in run.tokenizer.decode(range(run.tokenizer.vocab_size)) else ""
+        print(sample_text(run.model, run.tokenizer, prompt, cfg.sample_tokens, seed=cfg.seed))
     return 0
 
 
