@@ -1,13 +1,13 @@
-"""GPT: configuration checks, init, bad input, the KV cache against a cache-free loop, sampling,
-learning, and equality with Hugging Face's GPT2LMHeadModel (loading, saving, logits, loss and every
-gradient)."""
+"""GPT: configuration checks, init, bad input, the manual attention against the fused one, the KV
+cache against a cache-free loop, sampling, learning, and equality with Hugging Face's
+GPT2LMHeadModel (loading and saving through tinygpt.hf, logits, loss and every gradient)."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from tinygpt import Tensor, no_grad
+from tinygpt import hf, no_grad
 from tinygpt.model import GPT, GPTConfig, sample_next
 
 SMALL = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -163,6 +163,38 @@ def test_gradient_matches_finite_difference_float64():
 
 # ---- KV cache and generation ------------------------------------------------------------------------------
 CACHE = GPTConfig(vocab_size=30, block_size=8, n_layer=2, n_head=2, n_embd=16)
+
+
+def set_fused(model, fused):
+    for block in model.transformer.h:
+        block.attn.fused = fused
+
+
+@pytest.mark.parametrize("chunks", [[8], [5, 2, 1]], ids=["full", "kv_cache"])
+def test_manual_attention_equals_fused(chunks):
+    """The manual implementation of attention (Tensor ops, a masked (T, T) matrix per head)
+    against the fused kernels, float64: logits, loss and every parameter gradient, for one full
+    forward and for chunks run through the KV cache (T_past > 0 with T > 1 checks that the mask
+    is aligned bottom-right)."""
+    model = jittered(CACHE)
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, 30, (2, 8)), rng.integers(0, 30, (2, 8))
+    results = {}
+    for fused in (True, False):
+        set_fused(model, fused)
+        model.zero_grad()
+        cache = model.new_kv_cache(2) if len(chunks) > 1 else None
+        logits, start = [], 0
+        for n in chunks:  # the cache stores plain arrays: each chunk's loss has its own graph
+            out, loss = model(idx[:, start:start + n], targets[:, start:start + n], kv_cache=cache)
+            loss.backward()
+            logits.append(out.data)
+            start += n
+        results[fused] = np.concatenate(logits, axis=1), {k: p.grad for k, p in model.named_parameters()}
+    (fused_logits, fused_grads), (manual_logits, manual_grads) = results[True], results[False]
+    np.testing.assert_allclose(manual_logits, fused_logits, rtol=1e-10, atol=1e-12)
+    for name, g in fused_grads.items():
+        np.testing.assert_allclose(manual_grads[name], g, rtol=1e-9, atol=1e-12, err_msg=name)
 
 
 def test_cached_steps_equal_full_forward():
@@ -340,7 +372,7 @@ def test_save_pretrained_loads_in_transformers(tmp_path):
         with torch.no_grad():
             t_logits = theirs(torch.tensor(idx)).logits.numpy()
         assert rel_err(ours(idx)[0].data, t_logits) < 1e-4
-        back = GPT.from_pretrained(path)
+        back = hf.from_pretrained(path)  # what GPT.from_pretrained calls
         sd = back.state_dict()
         assert all(np.array_equal(v, sd[k]) for k, v in ours.state_dict().items())
 

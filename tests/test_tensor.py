@@ -88,7 +88,9 @@ def test_no_grad_as_context_and_decorator():
     x = Tensor([1.0], requires_grad=True)
     with no_grad():
         y = x * 2
-    assert not y.requires_grad and y._prev == () and tg.is_grad_enabled()
+    assert not y.requires_grad and y._prev == () and y._backward is None and tg.is_grad_enabled()
+    c = Tensor([1.0]) * 2  # no input requires grad: no graph either
+    assert c._prev == () and c._backward is None and (x * 2)._backward is not None
 
     @no_grad()
     def f(t):

@@ -1,13 +1,14 @@
 """tinygpt: a small, readable, fast GPT stack in pure Python on NumPy.
 
 Reading order: tensor.py (autograd) -> functional.py (fused ops) -> kernels/ (the array math) ->
-nn.py -> model.py -> optim.py -> tokenizer/ -> data.py -> checkpoint.py -> train.py.
+nn.py -> model.py (+ hf.py) -> optim.py -> tokenizer/ -> data.py -> checkpoint.py -> train.py.
 """
 from . import functional
+from .functional import concatenate, stack, where
 from .model import GPT, GPTConfig
 from .nn import evaluating
 from .optim import AdamW
-from .tensor import Tensor, concatenate, is_grad_enabled, no_grad, stack, where
+from .tensor import Tensor, is_grad_enabled, no_grad
 from .tokenizer import BPETokenizer, CharTokenizer
 
 __version__ = "0.1.0"

@@ -1,15 +1,17 @@
-"""Fused, differentiable ops: the pieces of a transformer that are faster (and numerically safer)
-done in one piece than as a chain of Tensor ops.
+"""Differentiable functions of Tensors (the ops that are Tensor methods live in tensor.py).
 
-Each op takes and returns Tensors. Its forward and its hand-derived backward call the array
-kernels in `tinygpt.kernels` (numba or NumPy, chosen there), and the backward closure sits right
-under the forward, as in `tensor.py`. What this module leaves out: the graph machinery (tensor.py)
-and the kernels' inner loops (kernels/).
+Two kinds: the functions of several tensors (`concatenate`, `stack`, `where`), and the fused ops,
+the pieces of a transformer that are faster (and numerically safer) done in one piece than as a
+chain of Tensor ops (softmax, cross-entropy, linear, layer norm, GELU, dropout, embedding,
+attention). Each takes and returns Tensors; its `_backward` closure sits right under the forward,
+as in `tensor.py`, and a fused op's forward and hand-derived backward call the array kernels in
+`tinygpt.kernels` (numba or NumPy, chosen there). What this module leaves out: the graph machinery
+(tensor.py) and the kernels' inner loops (kernels/).
 """
 import numpy as np
 
 from . import kernels
-from .tensor import Tensor, is_grad_enabled
+from .tensor import Tensor, is_grad_enabled, unbroadcast
 
 _rng = np.random.default_rng()  # dropout's default generator; reseed with `manual_seed`
 
@@ -27,6 +29,53 @@ def _check_float(x, name):
         raise TypeError(f"{name} expects a float tensor, got dtype {x.dtype}")
 
 
+# ---- functions of several tensors ---------------------------------------------------------------
+def _as_tensors(tensors):
+    return [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+
+
+def concatenate(tensors, axis=0):
+    """np.concatenate for tensors; the gradient is split back into the pieces."""
+    tensors = _as_tensors(tensors)
+    try:
+        data = np.concatenate([t.data for t in tensors], axis=axis)
+    except ValueError as e:
+        raise ValueError(f"cannot concatenate shapes {[t.shape for t in tensors]} on axis {axis}") from e
+    bounds = np.cumsum([t.shape[axis] for t in tensors])[:-1]
+
+    def _backward():  # each input gets its own stretch of the gradient
+        for t, g in zip(tensors, np.split(out.grad, bounds, axis=axis)):
+            t._accumulate(g)
+    out = tensors[0]._result(data, tuple(tensors), "concatenate", _backward)
+    return out
+
+
+def stack(tensors, axis=0):
+    """np.stack for tensors: each gains a new axis of length 1, and they are concatenated on it."""
+    tensors = _as_tensors(tensors)
+    if len({t.shape for t in tensors}) > 1:
+        raise ValueError(f"stack needs tensors of one shape, got {[t.shape for t in tensors]}")
+    shape = np.expand_dims(tensors[0].data, axis).shape  # np.expand_dims rejects an axis out of range
+    return concatenate([t.reshape(shape) for t in tensors], axis=axis)
+
+
+def where(condition, x, y):
+    """Elementwise `x if condition else y`, broadcasting all three like np.where."""
+    cond = np.asarray(condition.data if isinstance(condition, Tensor) else condition, dtype=bool)
+    x, y = _as_tensors([x, y])
+    try:
+        data = np.where(cond, x.data, y.data)
+    except ValueError as e:
+        raise ValueError(f"cannot broadcast shapes {cond.shape}, {x.shape} and {y.shape} for where") from e
+
+    def _backward():  # the gradient goes to whichever side was picked
+        x._accumulate(unbroadcast(np.where(cond, out.grad, 0), x.shape))
+        y._accumulate(unbroadcast(np.where(cond, 0, out.grad), y.shape))
+    out = x._result(data, (x, y), "where", _backward)
+    return out
+
+
+# ---- fused ops ---------------------------------------------------------------------------------
 def softmax(x, axis=-1):
     """softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x), along `axis`."""
     _check_float(x, "softmax")
@@ -34,13 +83,12 @@ def softmax(x, axis=-1):
     last = axis == x.ndim - 1
     x_last = x.data if last else np.moveaxis(x.data, axis, -1)
     y = kernels.softmax_forward(x_last)
-    out = x._result(y if last else np.moveaxis(y, -1, axis), (x,), "softmax")
 
     def _backward():  # dx = y * (dy - sum(dy * y))
         g = out.grad if last else np.moveaxis(out.grad, axis, -1)
         dx = kernels.softmax_backward(y, g)
         x._accumulate(dx if last else np.moveaxis(dx, -1, axis))
-    out._backward = _backward if out.requires_grad else None
+    out = x._result(y if last else np.moveaxis(y, -1, axis), (x,), "softmax", _backward)
     return out
 
 
@@ -50,11 +98,10 @@ def log_softmax(x, axis=-1):
     m = x.data.max(axis=axis, keepdims=True)
     shifted = x.data - m
     y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
-    out = x._result(y, (x,), "log_softmax")
 
     def _backward():  # dx = dy - softmax(x) * sum(dy)
         x._accumulate(out.grad - np.exp(y) * out.grad.sum(axis=axis, keepdims=True))
-    out._backward = _backward if out.requires_grad else None
+    out = x._result(y, (x,), "log_softmax", _backward)
     return out
 
 
@@ -84,7 +131,6 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     else:
         total = losses.sum(dtype=losses.dtype)
         data = total / max(count, 1) if reduction == "mean" else total
-    out = logits._result(np.asarray(data, dtype=logits.dtype), (logits,), "cross_entropy")
 
     def _backward():  # dlogits_i = dloss_i * (softmax(logits_i) - onehot(target_i))
         if reduction == "none":
@@ -94,7 +140,7 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
             dlosses = np.full(targets1.shape, scale, dtype=logits.dtype)
         dlogits = kernels.cross_entropy_backward(logits2, targets1, lse, dlosses, ignore_index)
         logits._accumulate(dlogits.reshape(logits.shape))
-    out._backward = _backward if out.requires_grad else None
+    out = logits._result(np.asarray(data, dtype=logits.dtype), (logits,), "cross_entropy", _backward)
     return out
 
 
@@ -143,8 +189,6 @@ def linear(x, weight, bias=None, transpose_weight=False):
                          f"and bias {None if bias is None else bias.shape}")
     x2 = x.data.reshape(-1, K)  # (rows, in)
     y = _mm(x2, w, None if bias is None else bias.data)  # (rows, out), the bias added as C is written
-    parents = (x, weight) if bias is None else (x, weight, bias)
-    out = x._result(y.reshape(x.shape[:-1] + (N,)), parents, "linear")
 
     def _backward():  # dx = dy W^T;  dW = x^T dy  ((out, in) layout: dy^T x);  dbias = sum of dy's rows
         g = out.grad.reshape(-1, N)  # (rows, out)
@@ -154,7 +198,8 @@ def linear(x, weight, bias=None, transpose_weight=False):
             _accumulate_mm(weight, *((g.T, x2) if transpose_weight else (x2.T, g)))
         if bias is not None and bias.requires_grad:
             bias._accumulate(kernels.sum_rows(g))
-    out._backward = _backward if out.requires_grad else None
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    out = x._result(y.reshape(x.shape[:-1] + (N,)), parents, "linear", _backward)
     return out
 
 
@@ -168,8 +213,6 @@ def layer_norm(x, weight, bias=None, eps=1e-5):
     x2 = x.data.reshape(-1, C)  # (N, C)
     b = bias.data if bias is not None else np.zeros(C, dtype=x.dtype)
     y, mean, rstd = kernels.layer_norm_forward(x2, weight.data, b, eps)
-    parents = (x, weight) if bias is None else (x, weight, bias)
-    out = x._result(y.reshape(x.shape), parents, "layer_norm")
 
     def _backward():
         # with xhat = (x - mean) * rstd:  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
@@ -179,18 +222,19 @@ def layer_norm(x, weight, bias=None, eps=1e-5):
         weight._accumulate(dweight)
         if bias is not None:
             bias._accumulate(dbias)
-    out._backward = _backward if out.requires_grad else None
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    out = x._result(y.reshape(x.shape), parents, "layer_norm", _backward)
     return out
 
 
 def gelu(x):
     """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     _check_float(x, "gelu")
-    out = x._result(kernels.gelu_forward(x.data), (x,), "gelu")
+    y = kernels.gelu_forward(x.data)
 
-    def _backward():
+    def _backward():  # dx = dy * gelu'(x), the derivative written out in the kernels
         x._accumulate(kernels.gelu_backward(x.data, out.grad))
-    out._backward = _backward if out.requires_grad else None
+    out = x._result(y, (x,), "gelu", _backward)
     return out
 
 
@@ -204,11 +248,10 @@ def dropout(x, p=0.1, training=True, generator=None):
         return x
     rng = generator if generator is not None else _rng
     mask = (rng.random(x.shape, dtype=np.float32) >= p).astype(x.dtype) * (1.0 / (1.0 - p))
-    out = x._result(x.data * mask, (x,), "dropout")
 
     def _backward():  # the same mask scales the gradient
         x._accumulate(out.grad * mask)
-    out._backward = _backward if out.requires_grad else None
+    out = x._result(x.data * mask, (x,), "dropout", _backward)
     return out
 
 
@@ -221,18 +264,17 @@ def embedding(weight, idx):
     if idx.size and (idx.min() < 0 or idx.max() >= V):
         bad = idx.min() if idx.min() < 0 else idx.max()
         raise ValueError(f"embedding id {bad} is out of range [0, {V})")
-    out = weight._result(weight.data[idx], (weight,), "embedding")
 
     def _backward():  # a row used k times receives the sum of its k gradients
         ids, g = idx.reshape(-1), out.grad.reshape(-1, weight.shape[1])  # (N,), (N, C)
         if weight.is_leaf and weight.grad is not None and weight.grad.dtype == weight.dtype:
             # add straight into the leaf's own gradient buffer (the optimizer's flat buffer),
-            # instead of building a (V, C) array of mostly zeros and adding that: for GPT-2's
-            # 50257 x 768 table that saves 150 MB and two passes over it every step
+            # instead of building a (V, C) array of mostly zeros and adding that: no temporary
+            # the size of the table, and no two passes over it every step
             kernels.embedding_backward(ids, g, weight.grad)
         else:
             weight._accumulate(kernels.embedding_backward(ids, g, np.zeros_like(weight.data)))
-    out._backward = _backward if out.requires_grad else None
+    out = weight._result(weight.data[idx], (weight,), "embedding", _backward)
     return out
 
 
@@ -249,14 +291,14 @@ def scaled_dot_product_attention(q, k, v, causal=True):
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(f"attention shapes do not match: q {q.shape}, k {k.shape}, v {v.shape}")
     y, lse = kernels.attention_forward(q.data, k.data, v.data, causal)
-    out = q._result(y, (q, k, v), "attention")
 
-    def _backward():
+    def _backward():  # with P = softmax(S), S = q k^T / sqrt(hs) (recomputed from lse), D = rowsum(dy * y):
+        # dv = P^T dy, dS = P * (dy v^T - D), dq = dS k / sqrt(hs), dk = dS^T q / sqrt(hs)
         dq, dk, dv = kernels.attention_backward(q.data, k.data, v.data, y, lse, out.grad, causal)
         q._accumulate(dq)
         k._accumulate(dk)
         v._accumulate(dv)
-    out._backward = _backward if out.requires_grad else None
+    out = q._result(y, (q, k, v), "attention", _backward)
     return out
 
 
@@ -269,8 +311,8 @@ def self_attention(qkv, n_head, causal=True):
     scaled_dot_product_attention, then merging the heads, but as ONE op: q, k, v are strided
     views that the kernel reads in place, the numba kernel's output is already laid out
     (B, T, nh, hs), and the backward hands back one (B, T, 3C) gradient. That drops the split,
-    permute and reshape nodes and their gradient copies: ~3 ms of the ~50 ms baby training step
-    (benchmarks/bench_train.py --profile). With a KV cache the model uses the composition.
+    permute and reshape nodes and their gradient copies (BENCHMARKS.md). With a KV cache the model
+    uses the composition instead (model.CausalSelfAttention).
     """
     _check_float(qkv, "self_attention")
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
@@ -280,12 +322,11 @@ def self_attention(qkv, n_head, causal=True):
     heads = qkv.data.reshape(B, T, 3, n_head, C // n_head)                      # a view
     q, k, v = (heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))          # 3 x (B, nh, T, hs) views
     y, lse = kernels.attention_forward(q, k, v, causal)                         # (B, nh, T, hs)
-    out = qkv._result(y.transpose(0, 2, 1, 3).reshape(B, T, C), (qkv,), "attention")
 
-    def _backward():
+    def _backward():  # scaled_dot_product_attention's backward, on the heads' views
         dy = out.grad.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)  # (B, nh, T, hs) view
         dq, dk, dv = kernels.attention_backward(q, k, v, y, lse, dy, causal)
         # back to [dq | dk | dv] over the last axis: (B, nh, T, hs) -> (B, T, C) each, one copy
         qkv._accumulate(np.concatenate([g.transpose(0, 2, 1, 3).reshape(B, T, C) for g in (dq, dk, dv)], axis=-1))
-    out._backward = _backward if out.requires_grad else None
+    out = qkv._result(y.transpose(0, 2, 1, 3).reshape(B, T, C), (qkv,), "attention", _backward)
     return out

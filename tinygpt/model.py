@@ -1,34 +1,28 @@
 """GPT-2, the model: a stack of pre-LayerNorm transformer blocks over token + position embeddings.
 
 Read top to bottom: `GPTConfig` (the sizes), `KVCache` (generation's memory of past keys and
-values), the model from its parts up (`CausalSelfAttention`, `MLP`, `Block`, `Transformer`),
-`sample_next` (picking a token from logits), and `GPT`: forward, generation, and Hugging Face
-checkpoint files. Names
-are GPT-2's own (`wte`, `wpe`, `h`, `ln_1`, `attn.c_attn`, `c_proj`, `mlp.c_fc`, `ln_f`), so
-parameter names equal Hugging Face `GPT2LMHeadModel`'s and checkpoints map one to one
-(`GPT.from_pretrained`, `GPT.save_pretrained`).
+values), the model from its parts up (`CausalSelfAttention`, which keeps the fused attention call
+and the manual implementation of attention side by side; `MLP`, `Block`, `Transformer`),
+`sample_next` (picking a token from logits), and `GPT`: forward and generation. Names are GPT-2's
+own (`wte`, `wpe`, `h`, `ln_1`, `attn.c_attn`, `c_proj`, `mlp.c_fc`, `ln_f`), so Hugging Face
+`GPT2LMHeadModel` checkpoints map one to one (`GPT.from_pretrained`, `GPT.save_pretrained`).
 
 Choices that differ from nanoGPT, on purpose:
-- No dropout on the attention probabilities: the fused attention kernel never forms them. There is
-  dropout on the embeddings and on each residual branch, as in GPT-2.
-- `forward(idx)` without targets returns logits for every position, not only the last one;
-  `generate` takes what it needs.
-- The output head is tied to the token embedding: logits = x @ wte.weight^T. There is no separate
-  `lm_head` parameter; `lm_head.weight` in a Hugging Face file must equal `transformer.wte.weight`.
+- No dropout on the attention probabilities (the fused kernel never forms them); there is dropout
+  on the embeddings and on each residual branch, as in GPT-2.
+- `forward(idx)` without targets returns logits for every position; `generate` takes what it needs.
+- The output head is tied to the token embedding (logits = x @ wte.weight^T): no `lm_head` parameter.
 
-What it leaves out: training loops (train.py), the optimizer (optim.py), tokenization.
+What it leaves out: Hugging Face files (hf.py), training (train.py, optim.py), tokenization.
 """
-import json
 import math
-import os
-import pathlib
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from . import functional as F
-from .nn import Dropout, Embedding, LayerNorm, Linear, Module
-from .tensor import Tensor, no_grad
+from .nn import Dropout, Embedding, LayerNorm, Linear, Module, evaluating
+from .tensor import Tensor
 
 
 @dataclass
@@ -81,24 +75,36 @@ class CausalSelfAttention(Module):
         self.c_proj = Linear(C, C, bias=config.bias, dtype=dtype, rng=rng)
         self.resid_dropout = Dropout(config.dropout)
         self.n_head = config.n_head
+        # True: the fused attention ops (F.self_attention, F.scaled_dot_product_attention);
+        # False: the manual implementation of attention in forward, as Tensor ops (same numbers)
+        self.fused = True
 
     def forward(self, x, kv_cache=None):
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x)  # (B, T, 3C): columns laid out as [q | k | v], each C = nh * hs wide
-        if kv_cache is None:
-            # training: the split into heads, softmax(q k^T / sqrt(hs)) v with a causal mask, and
-            # the merge of the heads, as one op (it spares the copies; see F.self_attention)
+        if self.fused and kv_cache is None:
+            # training: the split into heads, the attention and the merge as one op that copies
+            # nothing (F.self_attention)
             y = F.self_attention(qkv, nh, causal=True)  # (B, T, C)
-        else:
-            # the same, step by step: split q, k, v and the heads with views, not copies
-            q, k, v = [t.reshape(B, T, nh, hs).permute(0, 2, 1, 3)  # (B, nh, T, hs)
-                       for t in qkv.split(3, axis=-1)]              # 3 x (B, T, C)
+            return self.resid_dropout(self.c_proj(y))
+        q, k, v = [t.reshape(B, T, nh, hs).permute(0, 2, 1, 3)  # (B, nh, T, hs)
+                   for t in qkv.split(3, axis=-1)]              # 3 x (B, T, C)
+        if kv_cache is not None:
             k, v = kv_cache.append(k, v)  # (B, nh, T_past + T, hs)
-            # query i is position T_past + i; the kernel's bottom-right causal alignment lets it
-            # see keys 0..T_past+i
+        if self.fused:
+            # the kernel aligns its causal mask bottom-right, as the manual path below does
             y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, nh, T, hs)
-            y = y.permute(0, 2, 1, 3).reshape(B, T, C)                # (B, T, C): heads side by side
+        else:
+            # manual implementation of attention
+            T_past = k.shape[2] - T  # positions already in the cache
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T_past + T)
+            # causal mask, bottom-right aligned: query i (position T_past + i) sees key j <= T_past + i
+            future = np.triu(np.ones((T, T_past + T), dtype=bool), k=T_past + 1)  # (T, T_past + T)
+            att = att.masked_fill(future, -np.inf)
+            att = F.softmax(att, axis=-1)
+            y = att @ v  # (B, nh, T, T_past + T) x (B, nh, T_past + T, hs) -> (B, nh, T, hs)
+        y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C): re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -272,15 +278,9 @@ class GPT(Module):
     def _next_logits(self, idx, kv_cache):
         """Logits (B, V) for the token after idx (which continues kv_cache), in eval mode and
         without a graph; the modules' training flags are restored afterwards."""
-        modes = [(m, m.training) for _, m in self.named_modules()]
-        self.eval()
-        try:
-            with no_grad():
-                x = self._hidden(idx, kv_cache)              # (B, T, C)
-                return self._logits(x[:, -1:]).data[:, -1]   # (B, V): the head on the last position only
-        finally:
-            for m, mode in modes:
-                m.training = mode
+        with evaluating(self):
+            x = self._hidden(idx, kv_cache)              # (B, T, C)
+            return self._logits(x[:, -1:]).data[:, -1]   # (B, V): the head on the last position only
 
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None):
         """Continue each row of idx (B, T) by max_new_tokens tokens, yielding one (B,) array of
@@ -327,95 +327,14 @@ class GPT(Module):
         new = np.stack(steps, axis=1) if steps else np.zeros((idx.shape[0], 0), dtype=np.int64)
         return np.concatenate([idx.astype(np.int64), new], axis=1)
 
-    # ---- Hugging Face GPT-2 checkpoints ------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, path, dropout=0.0, dtype=np.float32):
-        """Load a Hugging Face GPT-2 checkpoint directory: config.json + model.safetensors, as
-        written by `GPT2LMHeadModel.save_pretrained` (or by `save_pretrained` below)."""
-        config_file, weights_file = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
-        for f in (config_file, weights_file):
-            if not os.path.isfile(f):
-                raise FileNotFoundError(f"{f} not found: a GPT-2 checkpoint directory needs config.json and "
-                                        "model.safetensors (save it with safe_serialization=True)")
-        with open(config_file) as fh:
-            hf = json.load(fh)
-        missing = [k for k in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd") if k not in hf]
-        if missing:
-            raise ValueError(f"{config_file} lacks {missing}")
-        unsupported = {  # the GPT-2 options this model does not implement, and their standard values
-            "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
-            "layer_norm_epsilon": (hf.get("layer_norm_epsilon", 1e-5), (1e-5,)),
-            "n_inner": (hf.get("n_inner"), (None, 4 * hf["n_embd"])),
-            "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False), (False,)),
-            "scale_attn_weights": (hf.get("scale_attn_weights", True), (True,)),
-        }
-        for key, (value, allowed) in unsupported.items():
-            if value not in allowed:
-                raise ValueError(f"{config_file}: {key}={value!r} is not supported (expected one of {allowed})")
-        config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True)
-        model = cls(config, seed=0, dtype=dtype)
-        state_dict, lm_head = {}, None
-        for key, value in _safetensors().load_file(weights_file).items():
-            if key.endswith((".attn.bias", ".attn.masked_bias")):
-                continue  # causal-mask buffers saved by older transformers, not weights
-            if key == "lm_head.weight":
-                lm_head = value
-                continue
-            # GPT2LMHeadModel's keys start with "transformer.", GPT2Model's do not
-            state_dict[key if key.startswith("transformer.") else "transformer." + key] = value
-        wte = state_dict.get("transformer.wte.weight")
-        if lm_head is not None and wte is not None and not np.array_equal(lm_head, wte):
-            raise ValueError(f"{weights_file}: lm_head.weight differs from transformer.wte.weight, but "
-                             "tinygpt ties the output head to the token embedding")
-        try:
-            model.load_state_dict(state_dict)
-        except ValueError as e:
-            raise ValueError(f"{weights_file}: {e}") from None
-        return model
+    # ---- Hugging Face GPT-2 checkpoints (hf.py) -----------------------------------------------------
+    @staticmethod
+    def from_pretrained(path, dropout=0.0, dtype=np.float32):
+        """Load a Hugging Face GPT-2 checkpoint folder (config.json + model.safetensors)."""
+        from . import hf  # here, not at the top: hf.py imports this module
+        return hf.from_pretrained(path, dropout, dtype)
 
     def save_pretrained(self, path):
-        """Write config.json + model.safetensors in Hugging Face's GPT-2 format, each atomically
-        (temp file, then rename), so `GPT2LMHeadModel.from_pretrained(path)` loads it. Only the
-        transformer.* weights are written: the tied lm_head is rebuilt from wte on load."""
-        st = _safetensors()
-        c = self.config
-        os.makedirs(path, exist_ok=True)
-        tensors = {name: np.ascontiguousarray(p.data) for name, p in self.named_parameters()}
-        for name, m in self.named_modules():
-            if isinstance(m, (Linear, LayerNorm)) and m.bias is None:  # bias=False: GPT-2 always has
-                tensors[f"{name}.bias"] = np.zeros(m.weight.shape[-1], m.weight.dtype)  # biases; 0 is the same
-        hf = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
-              "n_positions": c.block_size, "n_ctx": c.block_size, "n_layer": c.n_layer, "n_head": c.n_head,
-              "n_embd": c.n_embd, "n_inner": None, "activation_function": "gelu_new",
-              "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": 0.0,  # see module docstring
-              "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "tie_word_embeddings": True,
-              # GPT-2's <|endoftext|> is id 50256; a smaller vocabulary (e.g. characters) has none
-              "bos_token_id": 50256 if c.vocab_size > 50256 else None,
-              "eos_token_id": 50256 if c.vocab_size > 50256 else None}
-        # transformers refuses a safetensors file whose metadata lacks "format"
-        _write_atomically(os.path.join(path, "model.safetensors"),
-                          lambda f: st.save_file(tensors, f, metadata={"format": "pt"}))
-        _write_atomically(os.path.join(path, "config.json"),
-                          lambda f: pathlib.Path(f).write_text(json.dumps(hf, indent=2) + "\n"))
-
-
-def _safetensors():
-    """safetensors.numpy, an optional dependency, imported only when checkpoints are read or written."""
-    try:
-        import safetensors.numpy
-    except ImportError:
-        raise ImportError("reading and writing Hugging Face checkpoints needs the safetensors package: "
-                          "pip install safetensors") from None
-    return safetensors.numpy
-
-
-def _write_atomically(path, write):
-    """write(tmp) then rename tmp to path: a crash never leaves a half-written file at `path`."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        """Write this model as a Hugging Face GPT-2 checkpoint folder that transformers loads."""
+        from . import hf
+        hf.save_pretrained(self, path)

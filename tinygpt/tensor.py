@@ -2,11 +2,11 @@
 
 This module owns the autograd engine: the `Tensor` class, the graph it builds, `backward()`, the
 grad mode (`no_grad`), and the elementwise, reduction, shape and indexing ops. Each op is one
-method: the forward computes `out` with NumPy, and right below it a `_backward` closure says how
-`out.grad` flows back to the inputs. The derivative is stated once, in a comment.
-
-Fused ops that are faster done in one piece (softmax, cross-entropy, layer norm, attention, ...)
-live in `functional.py`; they use the same pattern.
+method: the forward computes the data with NumPy, a `_backward` closure right below it says how
+`out.grad` flows back to the inputs (the derivative stated once, in a comment), and `_result`
+wraps the data into `out`. What it leaves out: the functions of tensors (`concatenate`, `stack`,
+`where`, and the fused softmax, cross-entropy, layer norm, attention, ...): `functional.py`,
+written in the same pattern.
 
 Conventions:
 - float32 by default; float64 is kept when given (gradient checks use it); integer tensors are
@@ -15,32 +15,26 @@ Conventions:
   zeroed. Gradients of intermediate tensors are freed as soon as they have been passed on.
 - Broadcasting is undone in exactly one place: `unbroadcast`.
 """
+import contextlib
+
 import numpy as np
 
-_grad_enabled = True  # the grad mode; flipped by `no_grad`
+_grad_enabled = True  # the grad mode; switched off inside `no_grad`
 
 
 def is_grad_enabled():
     return _grad_enabled
 
 
-class no_grad:
+@contextlib.contextmanager
+def no_grad():
     """Record no graph inside this block. Works as `with no_grad():` and as `@no_grad()`."""
-
-    def __enter__(self):
-        global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, False
-
-    def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev
-
-    def __call__(self, fn):
-        def wrapper(*args, **kwargs):
-            with no_grad():
-                return fn(*args, **kwargs)
-        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
-        return wrapper
+    global _grad_enabled
+    prev, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = prev
 
 
 def unbroadcast(grad, shape):
@@ -135,14 +129,20 @@ class Tensor:
         self.grad = None
 
     # ---- graph plumbing -------------------------------------------------------------------
-    def _result(self, data, parents, op):
-        """Wrap an op's output; it joins the graph only if an input needs a gradient."""
+    def _result(self, data, parents, op, backward):
+        """Wrap an op's output as `out`. It joins the graph (keeps its parents and `backward`, the
+        closure that pushes out.grad into the parents' grads) only if grad mode is on and a parent
+        requires a gradient; otherwise it keeps neither, so no_grad builds no graph.
+
+        subtle: `backward` reads the `out` returned here, by late binding: the op defines the
+        closure first and binds `out = self._result(...)` after it; the closure runs only later.
+        """
         out = Tensor.__new__(Tensor)
         # subtle: NumPy returns a scalar, not a 0-d array, from full reductions; keep arrays
         out.data, out.grad, out._op = np.asarray(data), None, op
         out.requires_grad = _grad_enabled and any(p.requires_grad for p in parents)
         out._prev = parents if out.requires_grad else ()
-        out._backward = None
+        out._backward = backward if out.requires_grad else None
         return out
 
     def _accumulate(self, grad):
@@ -175,7 +175,7 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ValueError(f"grad has shape {grad.shape} but the tensor has shape {self.shape}")
 
-        # topological order, iteratively (a 10,000-op chain must not hit the recursion limit)
+        # topological order, iteratively: a long chain of ops must not hit Python's recursion limit
         topo, visited, stack = [], set(), [(self, False)]
         while stack:
             node, done = stack.pop()
@@ -214,62 +214,62 @@ class Tensor:
         return Tensor(np.asarray(other, dtype=self.dtype if self.dtype.kind == "f" else None))
 
     def _binary(self, other, fn, name):
+        """(other as a Tensor, fn(self.data, other.data)), naming both shapes if they do not broadcast."""
         other = self._lift(other)
         try:
-            data = fn(self.data, other.data)
+            return other, fn(self.data, other.data)
         except ValueError as e:
             raise ValueError(f"cannot broadcast shapes {self.shape} and {other.shape} for '{name}'") from e
-        return other, self._result(data, (self, other), name)
 
     def __add__(self, other):
-        other, out = self._binary(other, np.add, "+")
+        other, data = self._binary(other, np.add, "+")
 
         def _backward():  # d(a+b)/da = d(a+b)/db = 1
             self._accumulate(unbroadcast(out.grad, self.shape))
             other._accumulate(unbroadcast(out.grad, other.shape))
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(data, (self, other), "+", _backward)
         return out
 
     def __sub__(self, other):
-        other, out = self._binary(other, np.subtract, "-")
+        other, data = self._binary(other, np.subtract, "-")
 
         def _backward():  # d(a-b)/da = 1, d(a-b)/db = -1
             self._accumulate(unbroadcast(out.grad, self.shape))
             other._accumulate(unbroadcast(-out.grad, other.shape))
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(data, (self, other), "-", _backward)
         return out
 
     def __mul__(self, other):
-        other, out = self._binary(other, np.multiply, "*")
+        other, data = self._binary(other, np.multiply, "*")
 
         def _backward():  # d(ab)/da = b, d(ab)/db = a
             if self.requires_grad:
                 self._accumulate(unbroadcast(out.grad * other.data, self.shape))
             if other.requires_grad:
                 other._accumulate(unbroadcast(out.grad * self.data, other.shape))
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(data, (self, other), "*", _backward)
         return out
 
     def __truediv__(self, other):
-        other, out = self._binary(other, np.true_divide, "/")
+        other, data = self._binary(other, np.true_divide, "/")
 
         def _backward():  # d(a/b)/da = 1/b, d(a/b)/db = -a/b^2
             if self.requires_grad:
                 self._accumulate(unbroadcast(out.grad / other.data, self.shape))
             if other.requires_grad:
                 other._accumulate(unbroadcast(-out.grad * out.data / other.data, other.shape))
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(data, (self, other), "/", _backward)
         return out
 
     def __pow__(self, other):
-        other, out = self._binary(other, np.power, "**")
+        other, data = self._binary(other, np.power, "**")
 
         def _backward():  # d(a^b)/da = b a^(b-1), d(a^b)/db = a^b ln a
             if self.requires_grad:
                 self._accumulate(unbroadcast(out.grad * other.data * self.data ** (other.data - 1), self.shape))
             if other.requires_grad:
                 other._accumulate(unbroadcast(out.grad * out.data * np.log(self.data), other.shape))
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(data, (self, other), "**", _backward)
         return out
 
     def __neg__(self):
@@ -293,30 +293,29 @@ class Tensor:
         a, b = self.data, other.data
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError(f"matmul needs at least 1-D operands, got shapes {a.shape} and {b.shape}")
+        a2 = a[None, :] if a.ndim == 1 else a  # a vector is a (1, K) matrix on the left
+        b2 = b[:, None] if b.ndim == 1 else b  # and a (K, 1) matrix on the right
         try:
-            data = np.matmul(a, b)
+            c2 = np.matmul(a2, b2)             # (..., M, N)
         except ValueError as e:
             raise ValueError(f"matmul shapes {a.shape} and {b.shape} do not match "
-                             f"(inner dims {a.shape[-1]} vs {b.shape[0] if b.ndim == 1 else b.shape[-2]})") from e
-        out = self._result(data, (self, other), "@")
+                             f"(inner dims {a.shape[-1]} vs {b2.shape[-2]})") from e
+        data = c2[..., 0, :] if a.ndim == 1 else c2  # drop the vectors' axes again, as np.matmul does
+        data = data[..., 0] if b.ndim == 1 else data
 
         def _backward():  # C = A B:  dA = dC B^T,  dB = A^T dC  (summed over broadcast batch dims)
-            g = out.grad
-            a2 = a[None, :] if a.ndim == 1 else a    # vectors become (1, K) and (K, 1) matrices
-            b2 = b[:, None] if b.ndim == 1 else b
-            g2 = g.reshape(g.shape[:-1] + (1,) + g.shape[-1:]) if a.ndim == 1 else g  # (.., 1, N)
-            g2 = g2[..., None] if b.ndim == 1 else g2                                  # (.., M, 1)
+            g = out.grad.reshape(c2.shape)     # (..., M, N): the vectors' axes back
             if self.requires_grad:
-                self._accumulate(unbroadcast(np.matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape))
+                self._accumulate(unbroadcast(np.matmul(g, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape))
             if other.requires_grad:
                 if b2.ndim == 2 and a2.ndim > 2:
-                    # subtle: a weight shared over a batch (Linear): fold the batch into rows,
-                    # one (K, rows) @ (rows, N) product instead of a stack of them summed after.
-                    db = a2.reshape(-1, a2.shape[-1]).T @ g2.reshape(-1, g2.shape[-1])
+                    # subtle: a weight shared over a batch: fold the batch into rows, one
+                    # (K, rows) @ (rows, N) product instead of a stack of them summed after
+                    db = a2.reshape(-1, a2.shape[-1]).T @ g.reshape(-1, g.shape[-1])
                 else:
-                    db = unbroadcast(np.matmul(np.swapaxes(a2, -1, -2), g2), b2.shape)
+                    db = unbroadcast(np.matmul(np.swapaxes(a2, -1, -2), g), b2.shape)
                 other._accumulate(db.reshape(b.shape))
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(data, (self, other), "@", _backward)
         return out
 
     def __rmatmul__(self, other):
@@ -325,11 +324,9 @@ class Tensor:
     # ---- elementwise ------------------------------------------------------------------------
     def _unary(self, data, local_grad, name):
         """An elementwise op whose derivative is `local_grad()` (computed only if needed)."""
-        out = self._result(data, (self,), name)
-
-        def _backward():
+        def _backward():  # chain rule: dx = dy * f'(x)
             self._accumulate(out.grad * local_grad())
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(data, (self,), name, _backward)
         return out
 
     def exp(self):
@@ -353,11 +350,11 @@ class Tensor:
     # ---- reductions ---------------------------------------------------------------------------
     def sum(self, axis=None, keepdims=False):
         axes = _normalize_axis(axis, self.ndim)
-        out = self._result(self.data.sum(axis=axes, keepdims=keepdims), (self,), "sum")
+        data = self.data.sum(axis=axes, keepdims=keepdims)
 
         def _backward():  # every summed element gets the output's gradient
             self._accumulate(_expand(out.grad, self.shape, axes, keepdims))
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(data, (self,), "sum", _backward)
         return out
 
     def mean(self, axis=None, keepdims=False):
@@ -366,27 +363,22 @@ class Tensor:
         return self.sum(axis=axes, keepdims=keepdims) * (1.0 / n)
 
     def var(self, axis=None, keepdims=False, ddof=0):
-        """Variance, NumPy's default ddof=0 (use ddof=1 for the unbiased estimate)."""
+        """Variance, sum((x - mean)^2) / (n - ddof): NumPy's default ddof=0 (ddof=1 for the
+        unbiased estimate). Made of the ops above, so its gradient needs no rule of its own."""
         axes = _normalize_axis(axis, self.ndim)
         n = int(np.prod([self.shape[a] for a in axes]))
-        centered = self.data - self.data.mean(axis=axes, keepdims=True)
-        out = self._result((centered ** 2).sum(axis=axes, keepdims=keepdims) / (n - ddof), (self,), "var")
-
-        def _backward():  # d var / dx_i = 2 (x_i - mean) / (n - ddof); the mean's term sums to 0
-            self._accumulate(_expand(out.grad, self.shape, axes, keepdims) * centered * (2.0 / (n - ddof)))
-        out._backward = _backward if out.requires_grad else None
-        return out
+        centered = self - self.mean(axis=axes, keepdims=True)
+        return (centered * centered).sum(axis=axes, keepdims=keepdims) / (n - ddof)
 
     def max(self, axis=None, keepdims=False):
         """Maximum. subtle: with ties, the gradient is split evenly among the maxima."""
         axes = _normalize_axis(axis, self.ndim)
         m = self.data.max(axis=axes, keepdims=True)
-        out = self._result(m if keepdims else m.squeeze(axes), (self,), "max")
 
-        def _backward():
+        def _backward():  # the gradient goes to the maxima
             hit = self.data == m
             self._accumulate(_expand(out.grad, self.shape, axes, keepdims) * hit / hit.sum(axis=axes, keepdims=True))
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(m if keepdims else m.squeeze(axes), (self,), "max", _backward)
         return out
 
     # ---- shape ----------------------------------------------------------------------------------
@@ -396,11 +388,10 @@ class Tensor:
             data = self.data.reshape(shape)
         except ValueError as e:
             raise ValueError(f"cannot reshape a tensor of shape {self.shape} into {tuple(shape)}") from e
-        out = self._result(data, (self,), "reshape")
 
-        def _backward():
+        def _backward():  # the same numbers, in the input's shape
             self._accumulate(out.grad.reshape(self.shape))
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(data, (self,), "reshape", _backward)
         return out
 
     view = reshape
@@ -409,11 +400,10 @@ class Tensor:
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         if sorted(a % self.ndim for a in axes) != list(range(self.ndim)):
             raise ValueError(f"permute axes {tuple(axes)} are not a permutation of {self.ndim} dims")
-        out = self._result(self.data.transpose(axes), (self,), "permute")
 
         def _backward():  # undo the permutation
             self._accumulate(out.grad.transpose(np.argsort([a % self.ndim for a in axes])))
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(self.data.transpose(axes), (self,), "permute", _backward)
         return out
 
     def transpose(self, dim0=-2, dim1=-1):
@@ -425,56 +415,33 @@ class Tensor:
     T = property(lambda self: self.permute(tuple(reversed(range(self.ndim)))))
 
     def split(self, indices_or_sections, axis=0):
-        """np.split: N equal sections, or split points. Returns a list of tensors."""
+        """np.split: N equal sections, or split points. Returns a list of tensors, each a slice
+        of self (so each piece's gradient goes into its own slice, through `__getitem__`)."""
         axis = _normalize_axis(axis, self.ndim)[0]
         try:
-            pieces = np.split(self.data, indices_or_sections, axis=axis)
+            pieces = np.split(self.data, indices_or_sections, axis=axis)  # views: for their sizes
         except ValueError as e:
             raise ValueError(f"cannot split axis {axis} of size {self.shape[axis]} into "
                              f"{indices_or_sections} equal sections") from e
-        starts = np.cumsum([0] + [p.shape[axis] for p in pieces])
-        shared = {"grad": None}  # the one full-size gradient array the pieces write into
-
-        def piece(data, where):
-            out = self._result(data, (self,), "split")
-
-            def _backward():  # each piece's gradient goes into its own slice of one array
-                # subtle: while that array is still self.grad (self is not a leaf and nothing
-                # else added to it), the next piece writes its slice in place: one allocation
-                # for all the pieces, instead of a zero-filled full-size array per piece
-                if shared["grad"] is not None and self.grad is shared["grad"]:
-                    shared["grad"][where] += out.grad
-                else:
-                    grad = np.zeros_like(self.data)
-                    grad[where] = out.grad
-                    self._accumulate(grad)
-                    shared["grad"] = grad
-            out._backward = _backward if out.requires_grad else None
-            return out
-
-        index = [slice(None)] * self.ndim
-        outs = []
-        for i, data in enumerate(pieces):
-            index[axis] = slice(int(starts[i]), int(starts[i + 1]))
-            outs.append(piece(data, tuple(index)))
-        return outs
+        ends = np.cumsum([p.shape[axis] for p in pieces])
+        before = (slice(None),) * axis  # every axis in front of `axis`, whole
+        return [self[before + (slice(int(end - p.shape[axis]), int(end)),)] for p, end in zip(pieces, ends)]
 
     # ---- indexing and selection ------------------------------------------------------------------
     def __getitem__(self, idx):
         idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx) if isinstance(idx, tuple) else \
             (idx.data if isinstance(idx, Tensor) else idx)
-        out = self._result(self.data[idx], (self,), "getitem")
         parts = idx if isinstance(idx, tuple) else (idx,)
         advanced = any(isinstance(i, (np.ndarray, list)) for i in parts)
 
-        def _backward():
+        def _backward():  # each picked element's gradient goes back to where it was picked from
             grad = np.zeros_like(self.data)
             if advanced:
                 np.add.at(grad, idx, out.grad)  # repeated indices must add up, not overwrite
             else:
                 grad[idx] = out.grad            # basic indexing hits each element at most once
             self._accumulate(grad)
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(self.data[idx], (self,), "getitem", _backward)
         return out
 
     def masked_fill(self, mask, value):
@@ -486,57 +453,8 @@ class Tensor:
             raise ValueError(f"mask of shape {mask.shape} does not broadcast to {self.shape}") from e
         if data.shape != self.shape:
             raise ValueError(f"mask of shape {mask.shape} does not broadcast to {self.shape}")
-        out = self._result(data, (self,), "masked_fill")
 
         def _backward():  # filled positions no longer depend on self
             self._accumulate(np.where(mask, 0, out.grad))
-        out._backward = _backward if out.requires_grad else None
+        out = self._result(data, (self,), "masked_fill", _backward)
         return out
-
-
-# ---- functions of several tensors ---------------------------------------------------------------
-def _as_tensors(tensors):
-    return [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
-
-
-def concatenate(tensors, axis=0):
-    """np.concatenate for tensors; the gradient is split back into the pieces."""
-    tensors = _as_tensors(tensors)
-    try:
-        data = np.concatenate([t.data for t in tensors], axis=axis)
-    except ValueError as e:
-        raise ValueError(f"cannot concatenate shapes {[t.shape for t in tensors]} on axis {axis}") from e
-    out = tensors[0]._result(data, tuple(tensors), "concatenate")
-    bounds = np.cumsum([t.shape[axis] for t in tensors])[:-1]
-
-    def _backward():
-        for t, g in zip(tensors, np.split(out.grad, bounds, axis=axis)):
-            t._accumulate(g)
-    out._backward = _backward if out.requires_grad else None
-    return out
-
-
-def stack(tensors, axis=0):
-    """np.stack for tensors: each gets its slice of the gradient back."""
-    tensors = _as_tensors(tensors)
-    if len({t.shape for t in tensors}) > 1:
-        raise ValueError(f"stack needs tensors of one shape, got {[t.shape for t in tensors]}")
-    axis = _normalize_axis(axis, tensors[0].ndim + 1)[0]
-    return concatenate([t.reshape(t.shape[:axis] + (1,) + t.shape[axis:]) for t in tensors], axis=axis)
-
-
-def where(condition, x, y):
-    """Elementwise `x if condition else y`, broadcasting all three like np.where."""
-    cond = np.asarray(condition.data if isinstance(condition, Tensor) else condition, dtype=bool)
-    x, y = _as_tensors([x, y])
-    try:
-        data = np.where(cond, x.data, y.data)
-    except ValueError as e:
-        raise ValueError(f"cannot broadcast shapes {cond.shape}, {x.shape} and {y.shape} for where") from e
-    out = x._result(data, (x, y), "where")
-
-    def _backward():  # the gradient goes to whichever side was picked
-        x._accumulate(unbroadcast(np.where(cond, out.grad, 0), x.shape))
-        y._accumulate(unbroadcast(np.where(cond, 0, out.grad), y.shape))
-    out._backward = _backward if out.requires_grad else None
-    return out

@@ -1,0 +1,106 @@
+"""Hugging Face GPT-2 checkpoint folders: config.json + model.safetensors, read into a `GPT` and
+written from one, so that `transformers.GPT2LMHeadModel.from_pretrained(path)` loads what
+`save_pretrained` writes and tinygpt loads what transformers saves.
+
+Parameter names are GPT-2's own on both sides, so weights map one to one; the config maps
+`n_positions` to `block_size`. Files are written through `fileio.atomic_write`. safetensors is
+an optional dependency, imported only when a checkpoint is read or written.
+
+What it leaves out: the model (model.py), tinygpt's own training checkpoints (checkpoint.py),
+the tokenizer files, and the GPT-2 options tinygpt does not implement (refused with a ValueError
+that names the option).
+"""
+import json
+import os
+
+import numpy as np
+
+from .fileio import atomic_write
+from .model import GPT, GPTConfig
+from .nn import LayerNorm, Linear
+
+REQUIRED = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd")
+
+
+def _safetensors():
+    """safetensors.numpy, or an ImportError that says how to install it."""
+    try:
+        import safetensors.numpy
+    except ImportError:
+        raise ImportError("reading and writing Hugging Face checkpoints needs the safetensors package: "
+                          "pip install safetensors") from None
+    return safetensors.numpy
+
+
+def _read_config(config_file, dropout):
+    """GPTConfig from a GPT-2 config.json; options tinygpt does not implement raise ValueError."""
+    with open(config_file) as fh:
+        hf = json.load(fh)
+    missing = [k for k in REQUIRED if k not in hf]
+    if missing:
+        raise ValueError(f"{config_file} lacks {missing}")
+    unsupported = {  # the GPT-2 options this model does not implement, and their standard values
+        "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
+        "layer_norm_epsilon": (hf.get("layer_norm_epsilon", 1e-5), (1e-5,)),
+        "n_inner": (hf.get("n_inner"), (None, 4 * hf["n_embd"])),
+        "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False), (False,)),
+        "scale_attn_weights": (hf.get("scale_attn_weights", True), (True,)),
+    }
+    for key, (value, allowed) in unsupported.items():
+        if value not in allowed:
+            raise ValueError(f"{config_file}: {key}={value!r} is not supported (expected one of {allowed})")
+    return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                     n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True)
+
+
+def from_pretrained(path, dropout=0.0, dtype=np.float32):
+    """A GPT from a Hugging Face GPT-2 checkpoint folder: config.json + model.safetensors, as
+    written by `GPT2LMHeadModel.save_pretrained` (or by `save_pretrained` below)."""
+    config_file, weights_file = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+    for f in (config_file, weights_file):
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"{f} not found: a GPT-2 checkpoint directory needs config.json and "
+                                    "model.safetensors (save it with safe_serialization=True)")
+    model = GPT(_read_config(config_file, dropout), seed=0, dtype=dtype)
+    state_dict, lm_head = {}, None
+    for key, value in _safetensors().load_file(weights_file).items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers saved by older transformers, not weights
+        if key == "lm_head.weight":
+            lm_head = value
+            continue
+        # GPT2LMHeadModel's keys start with "transformer.", GPT2Model's do not
+        state_dict[key if key.startswith("transformer.") else "transformer." + key] = value
+    wte = state_dict.get("transformer.wte.weight")
+    if lm_head is not None and wte is not None and not np.array_equal(lm_head, wte):
+        raise ValueError(f"{weights_file}: lm_head.weight differs from transformer.wte.weight, but "
+                         "tinygpt ties the output head to the token embedding")
+    try:
+        model.load_state_dict(state_dict)
+    except ValueError as e:
+        raise ValueError(f"{weights_file}: {e}") from None
+    return model
+
+
+def save_pretrained(model, path):
+    """Write config.json + model.safetensors into the folder `path` in Hugging Face's GPT-2 format,
+    each file atomically. Only the transformer.* weights are written: the tied lm_head is rebuilt
+    from wte on load."""
+    c = model.config
+    tensors = {name: np.ascontiguousarray(p.data) for name, p in model.named_parameters()}
+    for name, m in model.named_modules():
+        if isinstance(m, (Linear, LayerNorm)) and m.bias is None:  # bias=False: GPT-2 always has
+            tensors[f"{name}.bias"] = np.zeros(m.weight.shape[-1], m.weight.dtype)  # biases; 0 is the same
+    hf = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
+          "n_positions": c.block_size, "n_ctx": c.block_size, "n_layer": c.n_layer, "n_head": c.n_head,
+          "n_embd": c.n_embd, "n_inner": None, "activation_function": "gelu_new",
+          "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
+          "attn_pdrop": 0.0,  # tinygpt has no dropout on the attention probabilities (model.py)
+          "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "tie_word_embeddings": True,
+          # GPT-2's <|endoftext|> is id 50256; a smaller vocabulary (e.g. characters) has none
+          "bos_token_id": 50256 if c.vocab_size > 50256 else None,
+          "eos_token_id": 50256 if c.vocab_size > 50256 else None}
+    # transformers refuses a safetensors file whose metadata lacks "format"
+    weights = _safetensors().save(tensors, metadata={"format": "pt"})  # the file's bytes
+    atomic_write(os.path.join(path, "model.safetensors"), lambda f: f.write(weights))
+    atomic_write(os.path.join(path, "config.json"), lambda f: f.write((json.dumps(hf, indent=2) + "\n").encode()))
