@@ -1,20 +1,18 @@
 """Kernel speed: the NumPy reference, the numba kernels and PyTorch (CPU), at GPT shapes.
 
     python benchmarks/bench_kernels.py                         # every kernel, every config
-    python benchmarks/bench_kernels.py --quick                 # fewer repeats, a minute or so
+    python benchmarks/bench_kernels.py --quick                 # fewer repeats
     python benchmarks/bench_kernels.py --kernels matmul,attention --configs baby --json out.json
     python benchmarks/bench_kernels.py --compile-check         # a new process, cached kernels: < 2 s?
 
-Shapes come from three models (the configs of bench_train.py): `baby` (nanoGPT's CPU example:
-n_embd 128, T 64, B 12, 4 heads), `char10m` (6 layers, n_embd 384, T 256, B 8, 6 heads) and
-`gpt2s` (GPT-2 small: n_embd 768, T 128, B 1, 12 heads, vocab 50257).
+Shapes come from the models of benchmarks/configs.py. Both kernel sets run as the ops run them,
+behind their input checks (`kernels.checked`).
 
 Method. All three implementations run in this one process on the same arrays; each gets two
 warm-up calls, then they take turns: a block of --repeats timed calls of one, then of the next,
 for --rounds rounds, and the median of all its calls is reported. Between blocks the benchmark
 sleeps --pause seconds. subtle: that pause matters. After a call, OpenBLAS's and OpenMP's worker
-threads spin-wait for more work (OpenBLAS for up to ~0.1 s); whatever runs next on a 2-core
-machine then shares its cores with a spinning thread and looks several times slower.
+threads spin-wait for more work, and whatever runs next shares its cores with them (BENCHMARKS.md).
 
 Units (higher is better): GFLOP/s for matmul (2MKN flops) and attention (causal: the forward is
 two T x T x hs products over the lower triangle, 2 * B * nh * T^2 * hs flops; the backward is
@@ -32,7 +30,14 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tinygpt.kernels import jit, reference as ref  # noqa: E402
+from configs import CONFIGS  # noqa: E402  (from this script's folder)
+from tinygpt import kernels  # noqa: E402
+from tinygpt.kernels import jit as numba_set, reference as numpy_set  # noqa: E402
+
+ref, jit = kernels.checked(numpy_set), kernels.checked(numba_set)
+# one benchmark a kernel, forward and backward together; prefer_blas is a rule, not a kernel
+KERNELS = tuple(dict.fromkeys(name.removesuffix("_forward").removesuffix("_backward")
+                              for name in kernels.NAMES if name != "prefer_blas"))
 
 try:
     import torch
@@ -40,14 +45,6 @@ try:
     torch.set_num_threads(2)
 except ImportError:  # the benchmark runs without torch, with an empty torch column
     torch = None
-
-CONFIGS = {
-    #          n_layer n_head n_embd block_size batch_size vocab
-    "baby":    dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
-    "char10m": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, vocab_size=65),
-    "gpt2s":   dict(n_layer=12, n_head=12, n_embd=768, block_size=128, batch_size=1, vocab_size=50257),
-}
-KERNELS = ("matmul", "attention", "softmax", "layer_norm", "gelu", "cross_entropy", "adamw")
 
 
 def cases(kernel, cfg, rng):
@@ -70,6 +67,14 @@ def cases(kernel, cfg, rng):
                 ta, tb = torch.from_numpy(a), torch.from_numpy(b)  # views: a transposed input stays one
                 impls["torch"] = lambda ta=ta, tb=tb: torch.matmul(ta, tb)
             yield name + flag, f"{M}x{K} @ {K}x{b.shape[1]}", "GFLOP/s", 2 * M * K * b.shape[1], impls
+
+    elif kernel == "sum_rows":
+        dy = f32(N, 4 * C)   # the gradient of c_fc's output: its bias gradient
+        impls = {"numpy": lambda: ref.sum_rows(dy), "numba": lambda: jit.sum_rows(dy)}
+        if torch:
+            tdy, = tt(dy)
+            impls["torch"] = lambda: tdy.sum(0)
+        yield "sum_rows", f"{N}x{4 * C}", "GB/s", dy.nbytes, impls
 
     elif kernel == "attention":
         q, k, v, dout = (f32(B, nh, T, hs) for _ in range(4))
@@ -152,7 +157,17 @@ def cases(kernel, cfg, rng):
         yield "cross_entropy fwd", f"{N}x{V}", "GB/s", logits.nbytes, impls_f
         yield "cross_entropy bwd", f"{N}x{V}", "GB/s", 2 * logits.nbytes, impls_b
 
-    elif kernel == "adamw":
+    elif kernel == "embedding":
+        idx, dout = rng.integers(0, V, N), f32(N, C)
+        dweight = {impl: np.zeros((V, C), np.float32) for impl in ("numpy", "numba", "torch")}
+        impls = {"numpy": lambda: ref.embedding_backward(idx, dout, dweight["numpy"]),
+                 "numba": lambda: jit.embedding_backward(idx, dout, dweight["numba"])}
+        if torch:
+            tidx, (tdout, tdw) = torch.from_numpy(idx), tt(dout, dweight["torch"])
+            impls["torch"] = lambda: tdw.index_add_(0, tidx, tdout)
+        yield "embedding bwd", f"{N} ids, {V}x{C}", "GB/s", 3 * dout.nbytes, impls
+
+    elif kernel == "adamw_step":
         L = cfg["n_layer"]
         n = L * (12 * C * C + 13 * C) + V * C + T * C + 2 * C   # the model's parameter count
         p, g = f32(n), f32(n)
@@ -198,22 +213,24 @@ COMPILE_CHECK = """
 import time
 t0 = time.perf_counter()
 import numpy as np
-from tinygpt.kernels import jit
+from tinygpt import kernels as k
+assert k.use("numba") == "numba"
 x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
 x2, w, t = x.reshape(-1, 8), np.ones(8, np.float32), np.arange(4)
-jit.matmul(x2, x2.T)
-jit.matmul(x2, x2[:8], bias=w)
-jit.sum_rows(x2)
-o, lse = jit.attention_forward(x, x, x)
-jit.attention_backward(x, x, x, o, lse, x)
-jit.softmax_backward(jit.softmax_forward(x, 0.5, True), x, 0.5)
-y, mean, rstd = jit.layer_norm_forward(x2, w, w)
-jit.layer_norm_backward(x2, x2, w, mean, rstd)
-jit.gelu_backward(x2, jit.gelu_forward(x2))
-losses, lse = jit.cross_entropy_forward(x2[:4], t)
-jit.cross_entropy_backward(x2[:4], t, lse, losses)
+k.matmul(x2, x2.T)
+k.matmul(x2, x2[:8], bias=w)
+k.sum_rows(x2)
+o, lse = k.attention_forward(x, x, x)
+k.attention_backward(x, x, x, o, lse, x)
+k.softmax_backward(k.softmax_forward(x, 0.5, True), x, 0.5)
+y, mean, rstd = k.layer_norm_forward(x2, w, w)
+k.layer_norm_backward(x2, x2, w, mean, rstd)
+k.gelu_backward(x2, k.gelu_forward(x2))
+losses, lse = k.cross_entropy_forward(x2[:4], t)
+k.cross_entropy_backward(x2[:4], t, lse, losses)
+k.embedding_backward(t, x2[:4], np.zeros((8, 8), np.float32))
 p = np.ones(8, np.float32)
-jit.adamw_step(p, p.copy(), p * 0, p * 0, 1e-3, 0.9, 0.95, 1e-8, 0.1, 1)
+k.adamw_step(p, p.copy(), p * 0, p * 0, 1e-3, 0.9, 0.95, 1e-8, 0.1, 1)
 print(f"{time.perf_counter() - t0:.3f}")
 """
 

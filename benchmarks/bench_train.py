@@ -26,13 +26,10 @@ from collections import defaultdict
 
 import numpy as np
 
-CONFIGS = {
-    #          n_layer n_head n_embd block_size batch_size vocab
-    "baby":    dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
-    "char10m": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, vocab_size=65),
-    "gpt2s":   dict(n_layer=12, n_head=12, n_embd=768, block_size=128, batch_size=1, vocab_size=50257),
-}
+from configs import CONFIGS  # from this script's folder (benchmarks/configs.py)
+
 LR, BETAS, WD = 1e-3, (0.9, 0.99), 0.1
+TIMED_STEPS = {"baby": 30, "char10m": 8, "gpt2s": 5}  # default --iters: fewer for the bigger models
 
 
 # ---- tinygpt ------------------------------------------------------------------------------------
@@ -159,9 +156,8 @@ def time_config(name, warmup, iters, with_torch, pause=0.2):
     for i, (x, y) in enumerate(data):
         for engine, step in engines.items():  # interleaved: A B A B ...
             # subtle: after a step, each engine's worker threads (OpenBLAS's, PyTorch's OpenMP)
-            # spin for up to ~0.1 s waiting for more work. Measured here, that spinning slowed the
-            # *other* engine's next step by up to 2x on 2 cores. The pause lets them go idle, so
-            # each step is timed on a quiet machine.
+            # spin waiting for more work and slow the *other* engine's next step (BENCHMARKS.md).
+            # The pause lets them go idle, so each step is timed on a quiet machine.
             time.sleep(pause)
             t0 = time.perf_counter()
             losses[engine].append(step(x, y))
@@ -296,9 +292,8 @@ def shakespeare(iters, eval_batches=20, chunk=250, log=print):
     clip 1.0) with both engines on the same batches; report wall time and final losses.
 
     The engines take turns in chunks of `chunk` steps: within a chunk, back-to-back steps as in a
-    real run (no other engine's threads spinning in between); across chunks, the machine's drift
-    (10-30% within minutes on a shared machine; run one engine after the other and the same
-    code measured 0.93x and 1.31x) hits both engines alike."""
+    real run (no other engine's threads spinning in between); across chunks, the drift of a
+    shared machine hits both engines alike (BENCHMARKS.md)."""
     from tinygpt.data import TokenDataset, find_text, read_text
     from tinygpt.optim import get_lr
     from tinygpt.tokenizer import CharTokenizer
@@ -345,7 +340,7 @@ def main(argv=None):
     p.add_argument("--config", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--pause", type=float, default=0.2, help="seconds of idle before each timed step (see time_config)")
-    p.add_argument("--iters", type=int, default=None, help="timed steps (default: 30 baby, 8 char10m, 5 gpt2s)")
+    p.add_argument("--iters", type=int, default=None, help=f"timed steps (default: {TIMED_STEPS})")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--profile", action="store_true", help="per-op profile of tinygpt")
@@ -361,9 +356,9 @@ def main(argv=None):
                 json.dump(out, f, indent=2)
         return
     try:
-        # subtle: torch is imported before tinygpt's numba kernels load. The other way round,
-        # PyTorch's baby step took 1.76-1.83 s instead of ~0.06 s on the 2-core EPYC (eight
-        # runs; a plain torch matmul was not slowed). Both use OpenMP: likely two runtimes competing.
+        # subtle: torch is imported before tinygpt's numba kernels load: the other way round,
+        # PyTorch's training step slows down many times over, likely two OpenMP runtimes
+        # competing (BENCHMARKS.md).
         import torch  # noqa: F401
         with_torch = not args.no_torch
     except ImportError:
@@ -375,11 +370,10 @@ def main(argv=None):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     print(f"machine: {cpu}, {os.cpu_count()} cores; tinygpt kernels: {kernels.backend}")
     results = {"machine": cpu, "kernels": kernels.backend, "configs": {}}
-    default_iters = {"baby": 30, "char10m": 8, "gpt2s": 5}
     header = f"{'config':<9}{'engine':<9}{'ms/iter':>10}{'tokens/s':>10}{'peak MB':>9}{'loss0':>8}{'ratio':>7}"
     rows = []
     for name in args.config:
-        r = time_config(name, args.warmup, args.iters or default_iters[name], with_torch, args.pause)
+        r = time_config(name, args.warmup, args.iters or TIMED_STEPS[name], with_torch, args.pause)
         if not args.no_memory:
             for engine in r:
                 r[engine]["peak_mb"] = peak_memory_mb(name, engine)

@@ -1,5 +1,6 @@
-"""The numba kernels (jit.py) against the NumPy specification (reference.py), and the
-specification against the math.
+"""The numba kernels (jit.py) against the NumPy specification (reference.py), the specification
+against the math, and the input checks (checks.py) in front of both: each set is called as the
+ops call it, through `kernels.checked`, so a bad input must raise the same error from either.
 
 Tolerances. float64 runs the same numba code, so it must agree to ~1e-12 relative: any
 looser and a real bug could hide behind rounding. For float32, a length-K sum or dot product
@@ -9,9 +10,12 @@ eps = 1.2e-7; in practice ~sqrt(K) * eps. Each test states its float32 bound in 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
+from numba import njit
 
 from tinygpt import kernels
-from tinygpt.kernels import jit, jit_matmul, reference as ref
+from tinygpt.kernels import checks, jit as numba_set, jit_math, jit_matmul, reference
+
+ref, jit = kernels.checked(reference), kernels.checked(numba_set)
 
 DTYPES = [np.float32, np.float64]
 seeds = st.integers(0, 2**32 - 1)
@@ -233,6 +237,28 @@ def test_layer_norm_rejects_bad_shapes():
             m.layer_norm_backward(np.ones((3, 5)), np.ones((3, 5)), np.ones(5), np.zeros(2), np.ones(3))
 
 
+# ---------------------------------------------------------------------------------------- exp
+
+@njit(error_model="numpy")
+def exp_le0_each(x):
+    y = np.empty_like(x)
+    for i in range(x.size):
+        y[i] = jit_math.exp_le0(x[i])
+    return y
+
+
+@pytest.mark.parametrize("dtype,lo,ulps", [(np.float32, -87.0, 2), (np.float64, -708.0, 3)])
+def test_exp_le0_is_within_a_few_ulp(dtype, lo, ulps):
+    # the SIMD exp under softmax, cross-entropy, gelu and attention, over its whole range x <= 0
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(lo, 0, 100_000), rng.uniform(-1, 0, 100_000), [0.0, lo]]).astype(dtype)
+    exact = np.exp(x.astype(np.longdouble))
+    ulp = np.abs(exp_le0_each(x) - exact) / np.spacing(exact.astype(dtype))
+    assert ulp.max() < ulps, ulp.max()
+    below = np.array([lo - 1, -1e30, -np.inf], dtype)  # below the float's normal range: 0
+    np.testing.assert_array_equal(exp_le0_each(below), 0)
+
+
 # ---------------------------------------------------------------------------------------- gelu
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -385,7 +411,7 @@ def test_reference_attention_is_the_definition(seed, Tq, extra, hs, causal):
     q, k, v = rand(rng, (2, 2, Tq, hs), np.float64), *(rand(rng, (2, 2, Tq + extra, hs), np.float64) for _ in "kv")
     out, lse = ref.attention_forward(q, k, v, causal)
     np.testing.assert_allclose(out, naive_attention(q, k, v, causal), rtol=1e-12, atol=1e-12)
-    s = ref._scores(q, k, causal)
+    s = reference._scores(q, k, causal)
     np.testing.assert_allclose(lse, np.log(np.exp(s).sum(-1)), rtol=1e-12)
 
 
@@ -497,7 +523,8 @@ def test_reference_backwards_match_finite_differences():
 
 def test_every_kernel_set_exports_the_contract():
     for name in kernels.NAMES:
-        assert callable(getattr(ref, name)) and callable(getattr(jit, name))
+        for module in (reference, numba_set, checks):
+            assert callable(getattr(module, name)), (module.__name__, name)
 
 
 def test_compile_failure_falls_back_to_numpy(monkeypatch):
@@ -506,13 +533,13 @@ def test_compile_failure_falls_back_to_numpy(monkeypatch):
     def broken(*args, **kwargs):
         raise TypingError("simulated: this numba cannot compile the kernel")
     before = kernels.backend
-    monkeypatch.setattr(jit, "gelu_forward", broken)
+    monkeypatch.setattr(numba_set, "gelu_forward", broken)
     try:
         kernels.use("numba")
         with pytest.warns(RuntimeWarning, match="falling back to the NumPy kernels"):
             y = kernels.gelu_forward(np.zeros(3))
         np.testing.assert_array_equal(y, 0)
-        assert kernels.backend == "numpy" and kernels.softmax_forward is ref.softmax_forward
+        assert kernels.backend == "numpy" and kernels.softmax_forward.__wrapped__ is reference.softmax_forward
     finally:
         monkeypatch.undo()
         kernels.use(before or "numba")
@@ -534,8 +561,10 @@ def test_missing_numba_falls_back_to_numpy(monkeypatch):
 def test_use_switches_and_rejects_unknown(monkeypatch):
     before = kernels.backend
     try:
-        assert kernels.use("numpy") == "numpy" and kernels.softmax_forward is ref.softmax_forward
+        assert kernels.use("numpy") == "numpy" and kernels.softmax_forward.__wrapped__ is reference.softmax_forward
         assert kernels.use("numba") == "numba"
+        with pytest.raises(ValueError, match=r"id 5 is out of range"):  # the installed kernels are checked
+            kernels.embedding_backward(np.array([5]), np.ones((1, 3), np.float32), np.zeros((5, 3), np.float32))
         with pytest.raises(ValueError, match="'cuda'"):
             kernels.use("cuda")
     finally:

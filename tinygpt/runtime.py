@@ -1,18 +1,11 @@
-"""Process-wide settings that make a training loop fast on a CPU. Today there is one:
-`keep_freed_memory`.
+"""Process-wide settings that make a training loop fast on a CPU; today one, `keep_freed_memory`.
 
-Why it pays. A training step allocates every activation afresh (a few hundred arrays, tens of MB
-for the baby GPT) and frees them all when backward is done. glibc's malloc serves big arrays with
-fresh pages from the kernel and hands freed memory back (mmap/munmap, and trimming the top of the
-heap), so the next step faults every page in again: ~5,700 page faults a step on the baby
-config, each one a trip into the kernel that also zero-fills the page. Asking malloc to keep
-freed memory and reuse it takes the faults to ~0; in three paired runs of the baby step that took
-55-67 ms down to 44-52 ms. (PyTorch allocates through the same malloc and gains from it too;
-benchmarks/bench_train.py applies the settings to both engines alike.)
-
-The cost: the process keeps its peak memory after the peak, instead of giving some back between
-steps. Peak memory itself does not grow. Only glibc (Linux) has these knobs; elsewhere this does
-nothing.
+A training step allocates every activation afresh and frees them all when backward is done.
+glibc's malloc hands big freed arrays back to the kernel (munmap, and trimming the top of the
+heap), so the next step faults every page in again, each fault a trip into the kernel that also
+zero-fills the page. Asking malloc to keep freed memory for reuse removes those faults
+(BENCHMARKS.md). The cost: the process keeps its peak memory after the peak (the peak itself
+does not grow). Only glibc (Linux) has these knobs; elsewhere this does nothing.
 """
 import ctypes
 import ctypes.util

@@ -6,16 +6,18 @@ Two sets of kernels share the same names and signatures:
   every numba kernel is tested against.
 - `jit.py`: numba-jitted versions of the same functions, for speed.
 
-`TINYGPT_KERNELS=numba|numpy` picks the set (default numba). If numba cannot be imported, or a
-numba kernel fails to compile, we fall back to NumPy with a single warning instead of crashing:
-with numba, each kernel name here is the jit function wrapped in a guard that catches numba's
-compile errors on the call that triggers the compile (`_or_numpy`).
+Each name here is its kernel behind its input check (`checks.py`, applied by `checked`), so a bad
+input raises the same ValueError or TypeError whichever set runs. `TINYGPT_KERNELS=numba|numpy`
+picks the set (default numba). If numba cannot be imported, or a numba kernel fails to compile, we
+fall back to NumPy with a single warning instead of crashing: with numba, each name is also
+wrapped in a guard that catches numba's compile errors on the call that triggers the compile
+(`_or_numpy`).
 
 subtle: nothing is imported or compiled here at `import tinygpt` time. The set is resolved on the
 first kernel call (module `__getattr__`, PEP 562), so importing tinygpt stays fast and numba's
 compile (or cache load) is paid only by programs that actually run a kernel.
 
-The contract (all arrays are NumPy arrays; float32 in training, float64 accepted for checks):
+The contract (all arrays are NumPy arrays; float32 in training, float64 accepted for gradient checks):
 
     matmul(a, b, out=None, bias=None, accumulate=False) -> c     (M,K)@(K,N) or (B,M,K)@(B,K,N), + bias (N,);
                                                                  accumulate: out += the product
@@ -37,8 +39,10 @@ The contract (all arrays are NumPy arrays; float32 in training, float64 accepted
 Attention scale is 1/sqrt(hs). With `causal`, query i may see key j when j <= i + (Tk - Tq)
 (bottom-right alignment, so a KV-cache step with Tq=1 sees every cached key).
 """
+import functools
 import os
 import warnings
+from types import SimpleNamespace
 
 NAMES = (
     "matmul", "sum_rows",
@@ -70,23 +74,35 @@ def use(name):
             name = "numpy"
     if module is None:
         from . import reference as module
-    g = globals()
+    entries = checked(module)
     for fn in NAMES:
-        g[fn] = _or_numpy(fn, getattr(module, fn)) if name == "numba" else getattr(module, fn)
+        entry = getattr(entries, fn)
+        globals()[fn] = _or_numpy(fn, entry) if name == "numba" else entry
     backend = name
     return name
+
+
+def checked(module):
+    """The kernels of `module` (reference or jit), each behind its input check: a namespace with
+    one function per name in NAMES. `use` installs these; tests and benchmarks call them to run
+    both sets side by side, as the ops run them."""
+    from . import checks
+    return SimpleNamespace(**{name: _behind(getattr(checks, name), getattr(module, name)) for name in NAMES})
+
+
+def _behind(check, kernel):
+    @functools.wraps(kernel)
+    def checked_kernel(*args, **kwargs):
+        return kernel(*check(*args, **kwargs))
+    return checked_kernel
 
 
 def _set_numba_threads():
     """Numba's threads: TINYGPT_NUM_THREADS, default one per core (numba's own default).
 
-    subtle: this only works because a training step does not call OpenBLAS for its big
-    products (see jit_matmul.prefer_blas). OpenBLAS keeps its own threads, which spin after each
-    call; beside numba's threads they oversubscribe the cores. Measured on a 2-core machine with
-    benchmarks/bench_train.py: with the products on OpenBLAS, numba on 2 threads made the baby
-    step 3.5x slower than numba on 1 thread. With the products on the numba matmul kernel too,
-    one pool of 2 threads was as fast as OpenBLAS + numba on 1 thread on the baby config, and
-    1.2-1.4x faster on char10m (its attention and row kernels are bigger, and now use 2 cores).
+    subtle: one per core pays only because a training step does not call OpenBLAS for its big
+    products (jit_matmul.prefer_blas): OpenBLAS's threads spin after each call and would fight
+    numba's for the cores (BENCHMARKS.md).
     """
     import numba
     n = int(os.environ.get("TINYGPT_NUM_THREADS", numba.config.NUMBA_NUM_THREADS))
@@ -95,9 +111,10 @@ def _set_numba_threads():
 
 def _or_numpy(name, kernel):
     """`kernel`, except that if numba fails to compile it, every kernel switches to NumPy (one
-    warning) and this call is answered by NumPy's version."""
+    warning) and this call is answered by NumPy's version (checked again: the check is cheap)."""
     from numba.core.errors import NumbaError
 
+    @functools.wraps(kernel)
     def guarded(*args, **kwargs):
         try:
             return kernel(*args, **kwargs)
@@ -106,8 +123,6 @@ def _or_numpy(name, kernel):
                           f"falling back to the NumPy kernels", RuntimeWarning)
             use("numpy")
             return globals()[name](*args, **kwargs)
-    guarded.__name__ = guarded.__qualname__ = name
-    guarded.__doc__, guarded.__wrapped__ = kernel.__doc__, kernel
     return guarded
 
 

@@ -1,56 +1,45 @@
 """Numba kernels: the same names and signatures as reference.py, compiled to parallel SIMD code.
 
-Every public function is a thin Python wrapper: it checks its inputs with reference.py's checks
-(so bad shapes raise the same ValueError, never a numba out-of-bounds read), makes them
-contiguous, and calls an @njit core that loops over rows. The cores fuse what NumPy does in
-several passes over memory (max, exp, sum, divide...) into one or two passes over a row that
-sits in L1 cache, and split the rows across cores with `prange`.
+Every public function is a thin Python wrapper: it makes its inputs contiguous (they arrive
+checked: checks.py, run by `tinygpt.kernels`) and calls an @njit core that loops over rows. The
+cores fuse what NumPy does in several passes over memory (max, exp, sum, divide...) into one or
+two passes over a row that sits in L1 cache, and split the rows across cores with `prange`.
 
 This file holds the row-wise kernels (softmax, layer norm, the sum of rows, gelu, cross-entropy,
-the embedding's backward, AdamW);
-matmul and attention have their own files (jit_matmul.py, jit_attention.py) and are re-exported
-here, so `jit` has exactly the names of `reference`.
-
-Compile options used throughout:
-- `cache=True`: compiled code is saved next to the source, so only the first run pays for it.
-- `error_model="numpy"`: x / 0 gives inf like NumPy instead of raising, which also removes the
-  zero check that would stop LLVM from vectorizing a loop with a division.
-- `fastmath=FMA`: a*b + c may be fused into one FMA instruction (rounded once: never less exact).
-- `fastmath=SUM` (FMA + `reassoc`) only in layer norm, whose loops are plain sums: it lets LLVM
-  reorder the additions across SIMD lanes (rounding changes by ~n eps: inside float32
-  tolerances, ~1e-14 in float64). subtle: never on code that calls exp_le0, whose range
-  reduction relies on the order of its operations; those kernels reduce rows with
-  jit_math's row_max / row_sum / row_dot, which vectorize without `reassoc`.
+the embedding's backward, AdamW); matmul and attention have their own files (jit_matmul.py,
+jit_attention.py) and are re-exported here, so `jit` has exactly the names of `reference`.
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
 
 from . import reference as ref
 from .jit_math import exp_le0, row_dot, row_max, row_sum, sigmoid_pair
-from .jit_matmul import matmul, prefer_blas
-from .jit_attention import attention_backward, attention_forward
+from .jit_matmul import matmul, prefer_blas  # noqa: F401 (re-exported)
+from .jit_attention import attention_backward, attention_forward  # noqa: F401 (re-exported)
 
+# Compile options used throughout:
+# - `cache=True`: compiled code is saved next to the source, so only the first run pays for it.
+# - `error_model="numpy"`: x / 0 gives inf like NumPy instead of raising, which also removes the
+#   zero check that would stop LLVM from vectorizing a loop with a division.
+# - `fastmath=FMA`: a*b + c may be fused into one FMA instruction (rounded once: never less exact).
+# - `fastmath=SUM` (FMA + `reassoc`) only in layer norm, whose loops are plain sums: it lets LLVM
+#   reorder the additions across SIMD lanes (rounding changes by ~n eps: inside float32
+#   tolerances, ~1e-14 in float64). subtle: never on code that calls exp_le0, whose range
+#   reduction relies on the order of its operations; those kernels reduce rows with
+#   jit_math's row_max / row_sum / row_dot, which vectorize without `reassoc`.
 FMA = {"contract"}
 SUM = {"contract", "reassoc"}
 KERNEL = dict(cache=True, error_model="numpy", fastmath=FMA)
 
-__all__ = ["matmul", "prefer_blas", "attention_forward", "attention_backward",
-           "softmax_forward", "softmax_backward", "layer_norm_forward", "layer_norm_backward",
-           "gelu_forward", "gelu_backward", "cross_entropy_forward", "cross_entropy_backward",
-           "embedding_backward", "adamw_step", "sum_rows"]
-
-
-def _c(x):
-    return np.ascontiguousarray(x)
+contiguous = np.ascontiguousarray
 
 
 # ---------------------------------------------------------------------------------------- softmax
 
 def softmax_forward(x, scale=1.0, causal=False):
-    x, scale = ref.check_softmax(x, scale, causal)
     Tq, Tk = x.shape[-2:] if causal else (1, x.shape[-1])
     offset = Tk - Tq if causal else Tk  # row r (query r % Tq) sees keys j <= r % Tq + offset
-    return _softmax_rows(_c(x).reshape(-1, x.shape[-1]), scale, Tq, offset).reshape(x.shape)
+    return _softmax_rows(contiguous(x).reshape(-1, x.shape[-1]), scale, Tq, offset).reshape(x.shape)
 
 
 @njit(parallel=True, **KERNEL)
@@ -71,9 +60,8 @@ def _softmax_rows(x, scale, Tq, offset):  # x (R, C) -> y (R, C)
 
 
 def softmax_backward(y, dy, scale=1.0):
-    y, dy = ref.check_same("softmax_backward", y, dy)
     C = y.shape[-1]
-    dx = _softmax_backward_rows(_c(y).reshape(-1, C), _c(dy).reshape(-1, C), y.dtype.type(scale))
+    dx = _softmax_backward_rows(contiguous(y).reshape(-1, C), contiguous(dy).reshape(-1, C), scale)
     return dx.reshape(y.shape)
 
 
@@ -90,8 +78,7 @@ def _softmax_backward_rows(y, dy, scale):  # dx = scale * y * (dy - sum(dy * y))
 # ---------------------------------------------------------------------------------------- layer norm
 
 def layer_norm_forward(x, weight, bias, eps=1e-5):
-    x, weight, bias = ref.check_layer_norm(x, weight, bias)
-    return _layer_norm_rows(_c(x), _c(weight), _c(bias), x.dtype.type(eps))
+    return _layer_norm_rows(contiguous(x), contiguous(weight), contiguous(bias), eps)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath=SUM)
@@ -113,8 +100,8 @@ def _layer_norm_rows(x, w, b, eps):  # x (N, C) -> y (N, C), mean (N,), rstd (N,
 
 
 def layer_norm_backward(dy, x, weight, mean, rstd):
-    x, dy, weight, mean, rstd = ref.check_layer_norm_grads(x, dy, weight, mean, rstd)
-    return _layer_norm_backward_rows(_c(dy), _c(x), _c(weight), _c(mean), _c(rstd), get_num_threads())
+    return _layer_norm_backward_rows(contiguous(dy), contiguous(x), contiguous(weight), contiguous(mean),
+                                     contiguous(rstd), get_num_threads())
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath=SUM)
@@ -140,13 +127,13 @@ def _layer_norm_backward_rows(dy, x, w, mean, rstd, nchunks):
                 dx[r, j] = rs * (dy[r, j] * w[j] - g_mean - xhat * gx_mean)
                 partial[c, 0, j] += dy[r, j] * xhat
                 partial[c, 1, j] += dy[r, j]
-    for c in range(1, nchunks):   # (a loop, not partial.sum(axis=0): that compiles for seconds)
+    for c in range(1, nchunks):   # (a loop, not partial.sum(axis=0), which numba compiles slowly)
         partial[0] += partial[c]
     return dx, partial[0, 0], partial[0, 1]
 
 
 def sum_rows(x):
-    return _sum_rows(_c(ref.check_sum_rows(x)), get_num_threads())
+    return _sum_rows(contiguous(x), get_num_threads())
 
 
 @njit(parallel=True, **KERNEL)
@@ -167,8 +154,7 @@ def _sum_rows(x, nchunks):  # (N, C) -> (C,): each chunk of rows into its own pa
 # ---------------------------------------------------------------------------------------- gelu
 
 def gelu_forward(x):
-    x = ref.check_float("gelu_forward", x)
-    return _gelu(_c(x).reshape(-1), x.dtype.type(ref.GELU_C)).reshape(x.shape)
+    return _gelu(contiguous(x).reshape(-1), x.dtype.type(ref.GELU_C)).reshape(x.shape)
 
 
 @njit(parallel=True, **KERNEL)
@@ -185,8 +171,8 @@ def _gelu(x, c):
 
 
 def gelu_backward(x, dy):
-    x, dy = ref.check_same("gelu_backward", x, dy)
-    return _gelu_backward(_c(x).reshape(-1), _c(dy).reshape(-1), x.dtype.type(ref.GELU_C)).reshape(x.shape)
+    c = x.dtype.type(ref.GELU_C)
+    return _gelu_backward(contiguous(x).reshape(-1), contiguous(dy).reshape(-1), c).reshape(x.shape)
 
 
 @njit(parallel=True, **KERNEL)
@@ -206,8 +192,7 @@ def _gelu_backward(x, dy, c):
 # ---------------------------------------------------------------------------------------- cross-entropy
 
 def cross_entropy_forward(logits, targets, ignore_index=-100):
-    logits, targets = ref.check_cross_entropy(logits, targets, ignore_index)
-    return _cross_entropy_rows(_c(logits), _c(targets), ignore_index, get_num_threads())
+    return _cross_entropy_rows(contiguous(logits), contiguous(targets), ignore_index, get_num_threads())
 
 
 @njit(parallel=True, **KERNEL)
@@ -228,9 +213,8 @@ def _cross_entropy_rows(x, targets, ignore_index, nchunks):  # -> losses (N,), l
 
 
 def cross_entropy_backward(logits, targets, lse, dlosses, ignore_index=-100):
-    logits, targets = ref.check_cross_entropy(logits, targets, ignore_index)
-    lse, dlosses = ref.check_rows("cross_entropy_backward", logits, lse, dlosses)
-    return _cross_entropy_backward_rows(_c(logits), _c(targets), _c(lse), _c(dlosses), ignore_index)
+    return _cross_entropy_backward_rows(contiguous(logits), contiguous(targets), contiguous(lse),
+                                        contiguous(dlosses), ignore_index)
 
 
 @njit(parallel=True, **KERNEL)
@@ -252,15 +236,14 @@ def _cross_entropy_backward_rows(x, targets, lse, dlosses, ignore_index):
 # ---------------------------------------------------------------------------------------- embedding
 
 def embedding_backward(idx, dout, dweight):
-    idx, dout = ref.check_embedding_grads(idx, dout, dweight)
-    _embedding_backward(idx, _c(dout), dweight)
+    _embedding_backward(idx, contiguous(dout), dweight)
     return dweight
 
 
 @njit(**KERNEL)
 def _embedding_backward(idx, dout, dweight):  # dweight[idx[i]] += dout[i]
     # subtle: serial on purpose. Two rows with the same id would race if split across threads,
-    # and at GPT sizes this is one pass over dout (B*T*C floats): well under a millisecond.
+    # and this is one pass over dout (B*T*C floats), a small part of a step (BENCHMARKS.md).
     for i in range(idx.shape[0]):
         row = idx[i]
         for c in range(dout.shape[1]):
@@ -270,7 +253,7 @@ def _embedding_backward(idx, dout, dweight):  # dweight[idx[i]] += dout[i]
 # ---------------------------------------------------------------------------------------- AdamW
 
 def adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
-    grad = _c(ref.check_adamw(param, grad, m, v, step))
+    grad = contiguous(grad)
     t = param.dtype.type  # hyperparameters in the buffers' dtype, bias corrections folded in
     _adamw(param, grad, m, v, t(lr), t(beta1), t(beta2), t(eps), t(weight_decay),
            t(1 / (1 - beta1**step)), t(1 / np.sqrt(1 - beta2**step)))

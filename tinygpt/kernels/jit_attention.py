@@ -25,7 +25,7 @@ inputs through their strides, so the model's q, k, v views are taken as they are
 copies (see _heads_major). Heads are split across cores (prange); each core owns whole heads,
 so dk and dv need no locking.
 What this leaves out: splitting one head across cores (B * nh < cores leaves a core idle), and
-head sizes above HSMAX = 128 (those use the NumPy reference).
+head sizes above HSMAX = 128 (those use the NumPy reference). Inputs arrive checked (checks.py).
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
@@ -35,14 +35,13 @@ from .jit_math import LANES, exp_le0, row_dot, row_max, stack_empty
 from .jit_matmul import MR, gemm6_into
 
 BR, BC = 4 * MR, 8 * MR   # query rows and keys per block (24, 48): multiples of MR and of KU;
-                          # 24 rows, not 12: the backward is ~10% faster (fewer, longer dk and dv products)
+                          # 24 rows, not 12: fewer, longer dk and dv products in the backward (BENCHMARKS.md)
 HSMAX = 128               # largest head size handled here (the output block is on the stack)
 S_TILE, O_TILE, L_TILE = BR * BC, BR * HSMAX, BR * LANES  # stack array sizes (must be constants)
 KERNEL = dict(cache=True, error_model="numpy", fastmath={"contract"})  # no reassoc: exp_le0
 
 
 def attention_forward(q, k, v, causal=True):
-    q, k, v = ref.check_attention(q, k, v, causal)
     if q.shape[3] > HSMAX:
         return ref.attention_forward(q, k, v, causal)
     out, lse = _heads_major(q.shape, q.dtype), np.empty(q.shape[:3], q.dtype)
@@ -51,8 +50,6 @@ def attention_forward(q, k, v, causal=True):
 
 
 def attention_backward(q, k, v, out, lse, dout, causal=True):
-    q, k, v = ref.check_attention(q, k, v, causal)
-    out, lse, dout = ref.check_attention_grads(q, out, lse, dout)
     if q.shape[3] > HSMAX:
         return ref.attention_backward(q, k, v, out, lse, dout, causal)
     dq, dk, dv = _heads_major(q.shape, q.dtype), _heads_major(k.shape, k.dtype), _heads_major(v.shape, v.dtype)
@@ -88,9 +85,8 @@ def _pad(n, block):
 def _width(keys):
     """Columns of a key block to compute when its rows see at most `keys` of its keys (>= 1):
     that many rounded up to whole SIMD vectors, at most BC. On the causal diagonal this skips
-    the keys no row sees: at T = 64, 3456 scores a head instead of 4608, and the forward is
-    1.15-1.2x faster. The forward only: the backward measured no faster at T = 64 and 1.08x slower
-    at T = 256 with it, so it computes whole key blocks."""
+    the keys no row sees. The forward only: in the backward it did not pay, so that computes
+    whole key blocks (BENCHMARKS.md)."""
     return min(BC, _pad(keys, LANES))
 
 

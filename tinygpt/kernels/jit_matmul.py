@@ -16,10 +16,10 @@ The shape of the algorithm is the classic one of BLAS libraries (Goto's, BLIS), 
    the sweep is the constant NB = 64 columns, it goes further: it unrolls the sweep into 4
    registers a row and keeps the whole 6 x 64 tile of C in 24 zmm registers for the entire K
    loop, so each step of k is 6 broadcasts of A, 4 loads of B and 24 FMAs, with no load or
-   store of C (read `_tile.inspect_asm()`: 96 vfmadd231ps per 4 steps of k). That is the
-   register blocking of a BLAS micro-kernel, obtained from plain loops. Six rows by four steps
-   measured best (4 x 4 and 8 x 2 are 10-40% slower). The tile lives in a stack array
-   (`stack_empty`), so LLVM proves it does not overlap B: no runtime checks.
+   store of C (read `_tile.inspect_asm()`). That is the register blocking of a BLAS
+   micro-kernel, obtained from plain loops; six rows by four steps is the fastest such tile
+   (BENCHMARKS.md). The tile lives in a stack array (`stack_empty`), so LLVM proves it does not
+   overlap B: no runtime checks.
 
 Cache blocking: B is packed NC = 8 panels (512 columns) at a time, and for K > KC = 512 the
 product is summed over K blocks, so the panels in use (KC x 512 floats, 1 MB) stay in L2 while
@@ -29,13 +29,12 @@ Zero padding does the edge handling: B's last panel and K are padded to multiple
 with zeros, A's last row block is packed with zeros, and only the valid part of a tile is written
 back. Transposed inputs (views such as `w.T`) are read through their strides while packing B or
 loading A's scalars, so they cost no copy. jit_attention.py runs `gemm6` on its blocks too.
-Single-threaded this reaches 65-100% of OpenBLAS (bench_kernels.py has the 2-core figures).
-What it leaves out: BLAS's hand-written assembly and prefetching, and packing A.
+What it leaves out: BLAS's hand-written assembly and prefetching, and packing A (how close it
+comes to OpenBLAS all the same: BENCHMARKS.md). Inputs arrive checked (checks.py).
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from . import reference as ref
 from .jit_math import stack_empty
 
 MR, KU, NB = 6, 4, 64     # tile rows, K steps per sweep, tile columns (4 AVX-512 registers of float32)
@@ -52,17 +51,15 @@ def matmul(a, b, out=None, bias=None, accumulate=False):
     row, added while each tile of C is written out (no second pass over C). With `accumulate`,
     the tiles are added into `out` instead (out += a @ b: a weight gradient, straight into the
     optimizer's buffer)."""
-    a, b, bias = ref.check_matmul(a, b, out, bias, accumulate)
     M, K = a.shape[-2:]
     N = b.shape[-1]
     if a.ndim == 2 and M <= SWAP_M and M < N < K:
         # Few rows and a long inner dimension (a GPT-2 step's products at T = 128, the weight
         # gradients x^T dy of narrow layers): packing B, K x N, costs more than the M rows that
-        # reuse it save. So compute C^T = B^T A^T, which packs the smaller A instead; both transposes are
-        # views. Measured: 1.1-1.45x on such shapes with M = 128..384 when K > N; slower when
-        # K < N, and at M = 768. C^T is then transposed into `out` in blocks (bias or accumulate
-        # on the way). Not written through out.T's strides by the kernel: with M = 512 those
-        # strides map a tile's 64 rows of C to 2 cache sets, and that was 1.3x slower.
+        # reuse it save. So compute C^T = B^T A^T, which packs the smaller A instead (both
+        # transposes are views; it pays only in this corner: BENCHMARKS.md). C^T is then
+        # transposed into `out` in blocks (bias or accumulate on the way), not written through
+        # out.T's strides, which can map a tile's 64 rows of C to a few cache sets.
         ct = _product(b.T, a.T, None, None, False)  # (N, M)
         if out is None:
             out = np.empty((M, N), a.dtype)
@@ -93,20 +90,14 @@ def _product(a, b, out, bias, accumulate):
 def prefer_blas(M, K, N, inference=False):
     """Whether np.matmul (OpenBLAS) should do this (M, K) @ (K, N) product instead of `matmul`.
 
-    On its own, OpenBLAS is faster at most shapes (its kernels are hand-written assembly):
-    1.05-1.3x at the products of a training batch (M >= 768 rows), ~2x when N is just over a
-    multiple of the 64-wide tile (N = 65, a character vocabulary), 2-10x below 64 rows, where
-    packing B costs more than the product. bench_kernels.py prints these. But in a training
-    step, OpenBLAS's worker threads spin for up to ~0.1 s after each call, and on a 2-core
-    machine the next parallel numba kernel then fights them for the cores: measured with
-    bench_train.py, sending even only the N = 65 output head to OpenBLAS made the baby config's
-    step 1.6x slower on an Intel Xeon and ~2x slower on an AMD EPYC (every product: 6-8x).
-    So OpenBLAS gets only what it runs on one thread (M K N < 2^18, its threading threshold)
-    and, in `inference` (no gradient: generation, one token at a time), products of few rows,
-    where the matmul kernel would spend its time packing B. Not while training: there few rows
-    means a thin layer's weight gradient, as LoRA's x^T dy with x (rows, r), and OpenBLAS's
-    spinning threads made LoRA fine-tuning 2x slower (examples/finetune_classifier.py
-    --lora-rank 8, 30 epochs: 111 s, and 56 s with this rule).
+    On its own, OpenBLAS is faster at most shapes (its kernels are hand-written assembly), and
+    most of all at few rows, where packing B costs more than the product. But its worker threads
+    spin after each call, and in a training step the next parallel numba kernel then fights them
+    for the cores, which costs more than OpenBLAS saved (BENCHMARKS.md). So OpenBLAS gets only
+    what it runs on one thread (M K N < 2^18, its threading threshold) and, in `inference` (no
+    gradient: generation, one token at a time), products of few rows. Not while training: there
+    few rows means a thin layer's weight gradient, as LoRA's x^T dy with x (rows, r), and the
+    spinning threads would slow the kernels that follow.
     """
     return M * K * N < 1 << 18 or (inference and M < 64)
 
@@ -138,24 +129,25 @@ def _matmul(a, ta, b, tb, c, bias, accumulate, nthreads):
             ap = np.empty((KC, MR), c.dtype)
             for k0 in range(0, K4, KC):                   # K blocks, for large K only
                 kc = min(KC, K4 - k0)
-                add, bk = k0 > 0 or accumulate, bias if k0 == 0 else bias[:0]  # the bias once, with the first K block
+                add = k0 > 0 or accumulate
+                tile_bias = bias if k0 == 0 else bias[:0]  # the bias once, with the first K block
                 for item in range(t * items // nthreads, (t + 1) * items // nthreads):
                     bi, i0 = item // mblocks, (item % mblocks) * MR
                     if K == K4 and i0 + MR <= M:          # a whole block of A: read it in place
                         for p in range(group):
                             blk = a[bi, k0:k0 + kc, i0:i0 + MR].T if ta else a[bi, i0:i0 + MR, k0:k0 + kc]
-                            _tile(blk, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, add, bk)
+                            _tile(blk, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, add, tile_bias)
                     else:                                 # an edge: pack it, zero-padded
                         _pack_a(a[bi], ta, i0, k0, ap[:kc])
                         for p in range(group):
-                            _tile(ap[:kc].T, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, add, bk)
+                            _tile(ap[:kc].T, bp[bi, p, k0:k0 + kc], c[bi], i0, (p0 + p) * NB, add, tile_bias)
 
 
 @njit(parallel=True, **KERNEL)
 def _transpose_into(src, dst, bias, accumulate):
     """dst (M, N) = src (N, M)^T + bias (or +=, if `accumulate`), in 16 x 16 blocks: a block's
-    16 rows of src and 16 rows of dst stay in L1. 3-4x NumPy's ascontiguousarray(src.T), which
-    goes row by row of dst and took as long as the product itself for a (512, 128) C."""
+    16 rows of src and 16 rows of dst stay in L1, where NumPy's ascontiguousarray(src.T) goes
+    row by row of dst (BENCHMARKS.md)."""
     M, N = dst.shape
     for ib in prange((M + 15) // 16):
         i0 = ib * 16
@@ -237,9 +229,9 @@ def gemm6_into(a, b, n, kk, c, accumulate):
     """c[:MR, :n] = a[:MR, :kk] @ b[:kk, :n] (or +=, if `accumulate`), for any 2-D c; only the
     part of that block that lies inside c is written. n <= TMAX, kk a multiple of KU.
 
-    The form attention uses: it is not inlined, so its ten call sites share one compiled copy
-    (compiling ten inlined copies took most of a minute). It runs `gemm6` into its own stack
-    tile, then writes the tile out.
+    The form attention uses: it is not inlined, so its call sites share one compiled copy
+    (inlined, each would compile again, slowly). It runs `gemm6` into its own stack tile, then
+    writes the tile out.
     """
     t = stack_empty(T_TILE, c.dtype)  # (MR, TMAX), row r at t[r*TMAX:]
     for r in range(MR):               # zero only the n columns in use
@@ -265,12 +257,12 @@ def gemm6(a, b, c, ldc, n, kk):
     proves c cannot overlap b, and vectorizes the j loop without runtime checks.
     subtle: the innermost index must be the loop counter j itself: numba wraps negative indices,
     and for a computed index like b[q + j] LLVM cannot rule that out; the select it keeps turns
-    the vector loads into gathers, 4x slower.
+    the vector loads into gathers, which are slow.
     """
     for step in range(kk // KU):
         # subtle: unsigned indices. numba lets a signed index count from the end when negative,
         # so a signed a[r, k + 1] costs a compare and a select; an unsigned index cannot
-        # be negative. Measured: matmul 2-10% faster (bench_kernels.py shapes).
+        # be negative (BENCHMARKS.md).
         k = np.uint64(step * KU)
         k1, k2, k3 = k + np.uint64(1), k + np.uint64(2), k + np.uint64(3)
         # a<row><step>: the 6 x 4 block of A, held in registers as broadcasts
