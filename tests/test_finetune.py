@@ -312,9 +312,11 @@ def test_finetune_instructions_example_runs(char_checkpoint, tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
 def test_finetune_instructions_example_runs_on_a_gpt2_folder(tmp_path):
     """The GPT-2 path: a Hugging Face folder (a tiny random model with GPT-2's vocabulary) and the
     GPT-2 tokenizer, whose end-of-text is 50256."""
+    pytest.importorskip("safetensors", reason="Hugging Face folders need the crosscheck extra")
     config = GPTConfig(vocab_size=50257, block_size=64, n_layer=1, n_head=2, n_embd=8)
     GPT(config, seed=0).save_pretrained(str(tmp_path / "gpt2"))
     out = run_example("finetune_instructions.py", "--init-from", str(tmp_path / "gpt2"), "--out-dir",
