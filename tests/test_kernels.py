@@ -570,3 +570,58 @@ def test_use_switches_and_rejects_unknown(monkeypatch):
     finally:
         if before is not None:
             kernels.use(before)
+
+
+# ---------------------------------------------------------------------------------------- gemv
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["w(K,N)", "w(N,K)"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,K,N", [(1, 768, 2304), (3, 100, 301), (17, 64, 1000), (1, 5, 1)])
+def test_gemv_matches_reference(M, K, N, dtype, transposed):
+    rng = np.random.default_rng(M * K + N)
+    x, b = rand(rng, (M, K), dtype), rand(rng, (N,), dtype)
+    w = rand(rng, (N, K) if transposed else (K, N), dtype)
+    for bias in (None, b):
+        # a K-term dot product: error ~K eps, the terms of size |x||w| ~ 1
+        close(jit.gemv(x, w, bias, transposed=transposed), ref.gemv(x, w, bias, transposed=transposed),
+              dtype, k=K, scale=1.0)
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["w(K,N)", "w(N,K)"])
+@pytest.mark.parametrize("M,K,N", [(1, 768, 2304), (5, 130, 257)])
+def test_gemv_int8_matches_reference(M, K, N, transposed):
+    rng = np.random.default_rng(K + N)
+    x, b = rand(rng, (M, K), np.float32), rand(rng, (N,), np.float32)
+    q = rng.integers(-127, 128, (N, K) if transposed else (K, N)).astype(np.int8)
+    scale = (rng.random(N) / 127).astype(np.float32)
+    expected = ref.gemv(x, q, b, scale, transposed)
+    # the int8 -> float conversion is exact, so only the sum's order differs: ~K eps of sum|terms|
+    close(jit.gemv(x, q, b, scale, transposed), expected, np.float32, k=K, scale=np.abs(expected).max())
+    # and it is the product with the dequantized float weights
+    wf = q.astype(np.float64) * (scale[:, None] if transposed else scale[None, :])
+    np.testing.assert_allclose(expected, x @ (wf.T if transposed else wf) + b, rtol=1e-4, atol=1e-4)
+
+
+def test_gemv_rejects_bad_input():
+    x = np.ones((2, 4), np.float32)
+    for kernel_set in (ref, jit):
+        with pytest.raises(ValueError, match=r"w \(K, N\), got x \(2, 4\) and w \(5, 3\)"):
+            kernel_set.gemv(x, np.ones((5, 3), np.float32))
+        with pytest.raises(ValueError, match=r"w \(N, K\)"):
+            kernel_set.gemv(x, np.ones((4, 3), np.float32), transposed=True)
+        with pytest.raises(ValueError, match="needs scale="):
+            kernel_set.gemv(x, np.ones((4, 3), np.int8))
+        with pytest.raises(ValueError, match="scale is for int8"):
+            kernel_set.gemv(x, np.ones((4, 3), np.float32), scale=np.ones(3))
+        with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+            kernel_set.gemv(x, np.ones((4, 3), np.float32), np.ones(4))
+        with pytest.raises(TypeError):
+            kernel_set.gemv(x.astype(np.int32), np.ones((4, 3), np.float32))
+
+
+def test_numba_kernels_hold_openblas_to_one_thread():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if kernels.use("numba") != "numba":
+        pytest.skip("numba unavailable")
+    blas = [i for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"]
+    assert blas and all(i["num_threads"] == 1 for i in blas)

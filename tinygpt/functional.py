@@ -8,10 +8,12 @@ as in `tensor.py`, and a fused op's forward and hand-derived backward call the a
 `tinygpt.kernels` (numba or NumPy, chosen there). What this module leaves out: the graph machinery
 (tensor.py) and the kernels' inner loops (kernels/).
 """
+import numbers
+
 import numpy as np
 
 from . import kernels
-from .tensor import Tensor, is_grad_enabled, unbroadcast
+from .tensor import Tensor, _axis, is_grad_enabled, unbroadcast
 
 _rng = np.random.default_rng()  # dropout's default generator; reseed with `manual_seed`
 
@@ -22,21 +24,33 @@ def manual_seed(seed):
     _rng = np.random.default_rng(seed)
 
 
-def _check_float(x, name):
+def _check_float(x, name, arg="x"):
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} expects a Tensor, got {type(x).__name__}")
+        raise TypeError(f"{name} expects {arg} to be a Tensor, got {type(x).__name__}")
     if x.dtype.kind != "f":
-        raise TypeError(f"{name} expects a float tensor, got dtype {x.dtype}")
+        raise TypeError(f"{name} expects {arg} to be a float tensor, got dtype {x.dtype}")
+
+
+def _check_dropout_p(p):
+    """A dropout probability: a real number in [0, 1) (NaN refused: `not` of a comparison)."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"dropout probability must be a real number, got {type(p).__name__} {p!r}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
 
 
 # ---- functions of several tensors ---------------------------------------------------------------
-def _as_tensors(tensors):
-    return [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+def _as_tensors(tensors, name):
+    tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError(f"{name} needs at least one tensor, got none")
+    return tensors
 
 
 def concatenate(tensors, axis=0):
     """np.concatenate for tensors; the gradient is split back into the pieces."""
-    tensors = _as_tensors(tensors)
+    tensors = _as_tensors(tensors, "concatenate")
+    axis = _axis(axis, tensors[0].ndim)
     try:
         data = np.concatenate([t.data for t in tensors], axis=axis)
     except ValueError as e:
@@ -52,17 +66,20 @@ def concatenate(tensors, axis=0):
 
 def stack(tensors, axis=0):
     """np.stack for tensors: each gains a new axis of length 1, and they are concatenated on it."""
-    tensors = _as_tensors(tensors)
+    tensors = _as_tensors(tensors, "stack")
     if len({t.shape for t in tensors}) > 1:
         raise ValueError(f"stack needs tensors of one shape, got {[t.shape for t in tensors]}")
-    shape = np.expand_dims(tensors[0].data, axis).shape  # np.expand_dims rejects an axis out of range
+    axis = _axis(axis, tensors[0].ndim + 1)  # the new axis may also go after the last
+    shape = np.expand_dims(tensors[0].data, axis).shape
     return concatenate([t.reshape(shape) for t in tensors], axis=axis)
 
 
 def where(condition, x, y):
     """Elementwise `x if condition else y`, broadcasting all three like np.where."""
-    cond = np.asarray(condition.data if isinstance(condition, Tensor) else condition, dtype=bool)
-    x, y = _as_tensors([x, y])
+    cond = np.asarray(condition.data if isinstance(condition, Tensor) else condition)
+    if cond.dtype != bool:
+        raise TypeError(f"where needs a boolean condition, got dtype {cond.dtype}")
+    x, y = _as_tensors([x, y], "where")
     try:
         data = np.where(cond, x.data, y.data)
     except ValueError as e:
@@ -79,7 +96,9 @@ def where(condition, x, y):
 def softmax(x, axis=-1):
     """softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x), along `axis`."""
     _check_float(x, "softmax")
-    axis = axis % x.ndim
+    axis = _axis(axis, x.ndim)
+    if x.shape[axis] == 0:
+        raise ValueError(f"softmax over axis {axis} of size 0 (shape {x.shape}): nothing to normalise")
     last = axis == x.ndim - 1
     x_last = x.data if last else np.moveaxis(x.data, axis, -1)
     y = kernels.softmax_forward(x_last)
@@ -95,6 +114,9 @@ def softmax(x, axis=-1):
 def log_softmax(x, axis=-1):
     """log softmax(x) = x - logsumexp(x), along `axis`, without ever forming exp(x) unshifted."""
     _check_float(x, "log_softmax")
+    axis = _axis(axis, x.ndim)
+    if x.shape[axis] == 0:
+        raise ValueError(f"log_softmax over axis {axis} of size 0 (shape {x.shape}): nothing to normalise")
     m = x.data.max(axis=axis, keepdims=True)
     shifted = x.data - m
     y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
@@ -122,9 +144,11 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     C = logits.shape[-1]
+    if C == 0:
+        raise ValueError(f"cross_entropy needs at least one class, got logits of shape {logits.shape}")
     logits2 = logits.data.reshape(-1, C)  # (N, C)
     targets1 = targets.reshape(-1)        # (N,)
-    losses, lse = kernels.cross_entropy_forward(logits2, targets1, ignore_index)
+    losses, logsum = kernels.cross_entropy_forward(logits2, targets1, ignore_index)
     count = int(np.count_nonzero(targets1 != ignore_index))
     if reduction == "none":
         data = losses.reshape(targets.shape)
@@ -138,17 +162,24 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
         else:
             scale = out.grad / max(count, 1) if reduction == "mean" else out.grad
             dlosses = np.full(targets1.shape, scale, dtype=logits.dtype)
-        dlogits = kernels.cross_entropy_backward(logits2, targets1, lse, dlosses, ignore_index)
+        dlogits = kernels.cross_entropy_backward(logits2, targets1, logsum, dlosses, ignore_index)
         logits._accumulate(dlogits.reshape(logits.shape))
     out = logits._result(np.asarray(data, dtype=logits.dtype), (logits,), "cross_entropy", _backward)
     return out
 
 
+GEMV_ROWS = 64  # inference products of fewer rows than this stream the weights once (kernels.gemv)
+
+
 def _mm(a, b, bias=None):
-    """a (M, K) @ b (K, N) (+ bias (N,)): the matmul kernel, or np.matmul (OpenBLAS) where the
-    kernels say it should do this shape (kernels.prefer_blas: tiny products, and few rows as in
-    generation)."""
-    if not kernels.prefer_blas(a.shape[0], a.shape[1], b.shape[1], inference=not is_grad_enabled()):
+    """a (M, K) @ b (K, N) (+ bias (N,)): in inference with few rows (generation), the gemv kernel;
+    otherwise the matmul kernel, or np.matmul (OpenBLAS) where the kernels say it should do this
+    shape (kernels.prefer_blas: tiny products)."""
+    if not is_grad_enabled() and a.shape[0] < GEMV_ROWS:
+        if not b.flags.c_contiguous and b.T.flags.c_contiguous:  # w.T of a (N, K) weight: the output head
+            return kernels.gemv(a, b.T, bias, transposed=True)
+        return kernels.gemv(a, b, bias)
+    if not kernels.prefer_blas(a.shape[0], a.shape[1], b.shape[1]):
         return kernels.matmul(a, b, bias=bias)
     c = a @ b
     if bias is not None:
@@ -181,6 +212,13 @@ def linear(x, weight, bias=None, transpose_weight=False):
     back.
     """
     _check_float(x, "linear")
+    if isinstance(weight, Tensor) and weight.dtype == np.int8:
+        return _linear_int8(x, weight, bias, transpose_weight)
+    _check_float(weight, "linear", "weight")
+    if bias is not None:
+        _check_float(bias, "linear", "bias")
+    if weight.ndim != 2 or x.ndim == 0:
+        raise ValueError(f"linear needs x of at least 1 dim and a 2-D weight, got x {x.shape} and weight {weight.shape}")
     w = weight.data.T if transpose_weight else weight.data  # (in, out), a view
     K, N = w.shape
     if x.shape[-1] != K or (bias is not None and bias.shape != (N,)):
@@ -203,9 +241,26 @@ def linear(x, weight, bias=None, transpose_weight=False):
     return out
 
 
+def _linear_int8(x, weight, bias, transpose_weight):
+    """`linear` with int8 weights (GPT.quantize): weight.data holds round(w / weight.scale), one
+    scale per output channel; the gemv kernel dequantizes as it reads. Inference only."""
+    if is_grad_enabled():
+        raise RuntimeError("this model's weights are quantized to int8, for inference only: run it under "
+                           "no_grad() or evaluating(model); training needs the float32 model")
+    N = weight.shape[0] if transpose_weight else weight.shape[1]
+    x2 = x.data.reshape(-1, x.shape[-1])  # (rows, in)
+    y = kernels.gemv(x2, weight.data, None if bias is None else bias.data, weight.scale, transpose_weight)
+    return Tensor(y.reshape(x.shape[:-1] + (N,)))
+
+
 def layer_norm(x, weight, bias=None, eps=1e-5):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, over the last axis."""
     _check_float(x, "layer_norm")
+    _check_float(weight, "layer_norm", "weight")
+    if bias is not None:
+        _check_float(bias, "layer_norm", "bias")
+    if x.ndim == 0 or x.shape[-1] == 0:
+        raise ValueError(f"layer_norm normalises the last axis, which needs at least one element; got x {x.shape}")
     C = x.shape[-1]
     if weight.shape != (C,) or (bias is not None and bias.shape != (C,)):
         raise ValueError(f"layer_norm over {C} features needs weight and bias of shape ({C},), got "
@@ -242,8 +297,8 @@ def dropout(x, p=0.1, training=True, generator=None):
     """Zero each element with probability p and scale the survivors by 1/(1-p) (inverted dropout),
     so evaluation needs no rescaling. `generator` is an np.random.Generator (default: the module's,
     see `manual_seed`)."""
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    _check_float(x, "dropout")
+    _check_dropout_p(p)
     if not training or p == 0.0:
         return x
     rng = generator if generator is not None else _rng
@@ -257,6 +312,9 @@ def dropout(x, p=0.1, training=True, generator=None):
 
 def embedding(weight, idx):
     """Rows of `weight` (V, C) picked by integer ids `idx` of any shape -> idx.shape + (C,)."""
+    _check_float(weight, "embedding", "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"embedding weight must be a (V, C) table, got shape {weight.shape}")
     idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
     if idx.dtype.kind not in "iu":
         raise ValueError(f"embedding ids must be integers, got dtype {idx.dtype}")
@@ -315,6 +373,8 @@ def self_attention(qkv, n_head, causal=True):
     uses the composition instead (model.CausalSelfAttention).
     """
     _check_float(qkv, "self_attention")
+    if isinstance(n_head, bool) or not isinstance(n_head, (int, np.integer)) or n_head < 1:
+        raise ValueError(f"self_attention n_head must be a positive integer, got {n_head!r}")
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
         raise ValueError(f"self_attention expects qkv (B, T, 3 * C) with C a multiple of n_head={n_head}, "
                          f"got shape {qkv.shape}")

@@ -16,6 +16,7 @@ Choices that differ from nanoGPT, on purpose:
 What it leaves out: Hugging Face files (hf.py), training (train.py, optim.py), tokenization.
 """
 import math
+import numbers
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -42,6 +43,10 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if not isinstance(self.bias, (bool, np.bool_)):  # "no" would be truthy: biases on
+            raise TypeError(f"GPTConfig.bias must be True or False, got {self.bias!r}")
+        if isinstance(self.dropout, (bool, np.bool_)) or not isinstance(self.dropout, numbers.Real):
+            raise TypeError(f"GPTConfig.dropout must be a real number, got {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -152,17 +157,37 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
     temperature 0 is greedy (argmax). Otherwise the probabilities are softmax(logits / temperature),
     cut to the top_k most likely tokens and/or to the smallest set of most likely tokens whose
     probabilities add up to at least top_p (nucleus sampling), then renormalised.
+
+    A row that names no token raises ValueError: one with a NaN, or -inf everywhere. A +inf logit
+    wins under greedy decoding (torch.argmax picks it too); sampling refuses it, since softmax is
+    NaN there (torch.multinomial refuses that too).
     """
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[1] == 0:
+        raise ValueError(f"logits must be (B, V) with V >= 1, got shape {logits.shape}")
+    # one pass finds every bad row: its max is NaN if it holds a NaN, +inf if it holds +inf,
+    # and -inf if it is -inf everywhere
+    m = logits.max(axis=-1, keepdims=True)  # (B, 1)
+    for r in np.flatnonzero(~np.isfinite(m[:, 0])):
+        if np.isnan(m[r, 0]):
+            raise ValueError(f"logits row {r} holds NaN: no token can be picked "
+                             "(tinygpt.detect_anomaly() names the op that made it)")
+        if m[r, 0] < 0:
+            raise ValueError(f"logits row {r} is -inf everywhere: no token can be picked")
+        if temperature != 0:
+            raise ValueError(f"logits row {r} holds +inf: softmax is undefined there, so it cannot be "
+                             "sampled (temperature=0 takes the argmax)")
     if temperature == 0:
         return logits.argmax(axis=-1).astype(np.int64)
     rng = np.random.default_rng(rng)
     V = logits.shape[-1]
-    # float64: only (B, V) per step, and the cumulative sums below stay exact enough to reach 1
-    logits = logits.astype(np.float64) / temperature
+    # float64: only (B, V) per step, and the cumulative sums below stay exact enough to reach 1.
+    # Shifted by the max before the division, so that no temperature overflows a finite logit
+    logits = (logits.astype(np.float64) - m) / temperature  # (B, V), each row's max now 0
     if top_k is not None and top_k < V:
         kth = np.partition(logits, -top_k, axis=-1)[:, [-top_k]]  # (B, 1): the k-th largest logit
         logits = np.where(logits < kth, -np.inf, logits)
-    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs = np.exp(logits)
     probs /= probs.sum(axis=-1, keepdims=True)
     if top_p is not None and top_p < 1.0:
         order = np.argsort(-probs, axis=-1)                       # most likely first
@@ -177,6 +202,38 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
     cdf = np.cumsum(probs, axis=-1)
     u = rng.random((len(cdf), 1)) * cdf[:, -1:]
     return np.minimum((cdf <= u).sum(axis=-1), V - 1).astype(np.int64)
+
+
+def quantize_int8(w, axis):
+    """Symmetric int8 with one scale per output channel: w (float) -> (q int8, scale float32), with
+    scale = max|w| / 127 over `axis` (the input axis), q = round(w / scale); w ~ q * scale.
+
+    Example: quantize_int8([[0.5, -2.0], [1.0, 1.0]], axis=0) -> q [[64, -127], [127, 64]], scale
+    [1/127, 2/127]: each column's largest |w| maps to 127.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    scale = np.abs(w).max(axis=axis, keepdims=True) / 127
+    scale[scale == 0] = 1  # an all-zero channel: any scale gives q = 0
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    return q, scale.reshape(-1).astype(np.float32)
+
+
+def _to_int8(p, axis):
+    """Quantize Parameter p in place (GPT.quantize): p.data becomes int8, p.scale its scales."""
+    p.data, p.scale = quantize_int8(p.data, axis)
+    p.grad, p.requires_grad = None, False
+
+
+class Int8Embedding(Module):
+    """The token embedding of a quantized model: the lookup dequantizes only the rows it picks,
+    from weight.data (V, C) int8 and weight.scale (V,)."""
+
+    def __init__(self, weight):
+        self.weight = weight
+
+    def forward(self, idx):
+        idx = np.asarray(idx)
+        return Tensor(self.weight.data[idx] * self.weight.scale[idx][..., None])  # idx.shape + (C,)
 
 
 class GPT(Module):
@@ -271,7 +328,7 @@ class GPT(Module):
     def new_kv_cache(self, batch_size):
         """An empty cache, one KVCache per block, for `forward(..., kv_cache=...)`."""
         c = self.config
-        dtype = self.transformer.wte.weight.dtype
+        dtype = self.transformer.ln_f.weight.dtype  # not wte's: int8 once quantized
         return [KVCache(batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, dtype)
                 for _ in range(c.n_layer)]
 
@@ -326,6 +383,25 @@ class GPT(Module):
         steps = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, seed))
         new = np.stack(steps, axis=1) if steps else np.zeros((idx.shape[0], 0), dtype=np.int64)
         return np.concatenate([idx.astype(np.int64), new], axis=1)
+
+    def quantize(self, kind="int8"):
+        """Store every weight matrix (each Linear's, and wte, which is also the output head) as int8
+        with one float32 scale per output channel, symmetric: scale = max|w| / 127, w ~ scale * q.
+        In place, and for inference only: a forward that records a graph raises. Returns self.
+
+        Generation reads every weight once per token, so a quarter of the bytes is up to 4x the
+        speed; kernels.gemv dequantizes as it reads. Biases, layer norms and wpe stay float32.
+        """
+        if kind != "int8":
+            raise ValueError(f"quantize supports 'int8', got {kind!r}")
+        for _, m in list(self.named_modules()):
+            if isinstance(m, Linear) and m.weight.dtype != np.int8:
+                _to_int8(m.weight, axis=0)  # (in, out): one scale a column
+        wte = self.transformer.wte
+        if not isinstance(wte, Int8Embedding):
+            _to_int8(wte.weight, axis=1)    # (V, C): one scale a row, an output of the head
+            self.transformer.wte = Int8Embedding(wte.weight)
+        return self
 
     # ---- Hugging Face GPT-2 checkpoints (hf.py) -----------------------------------------------------
     @staticmethod

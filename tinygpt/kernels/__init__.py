@@ -21,6 +21,8 @@ The contract (all arrays are NumPy arrays; float32 in training, float64 accepted
 
     matmul(a, b, out=None, bias=None, accumulate=False) -> c     (M,K)@(K,N) or (B,M,K)@(B,K,N), + bias (N,);
                                                                  accumulate: out += the product
+    gemv(x, w, bias=None, scale=None, transposed=False) -> y   x (M,K) @ w (K,N), or w (N,K)^T; few rows
+                                                                 (generation); int8 w: times scale (N,)
     sum_rows(x) -> (C,)                                          x:(N,C), a bias gradient
     attention_forward(q, k, v, causal=True) -> (out, lse)        q:(B,nh,Tq,hs) k,v:(B,nh,Tk,hs)
     attention_backward(q, k, v, out, lse, dout, causal=True) -> (dq, dk, dv)
@@ -30,8 +32,9 @@ The contract (all arrays are NumPy arrays; float32 in training, float64 accepted
     layer_norm_backward(dy, x, weight, mean, rstd) -> (dx, dweight, dbias)
     gelu_forward(x) -> y                                         GPT-2's tanh approximation
     gelu_backward(x, dy) -> dx
-    cross_entropy_forward(logits, targets, ignore_index=-100) -> (losses, lse)   logits:(N,C)
-    cross_entropy_backward(logits, targets, lse, dlosses, ignore_index=-100) -> dlogits
+    cross_entropy_forward(logits, targets, ignore_index=-100) -> (losses, logsum)   logits:(N,C),
+                                           logsum = log sum exp(logits - row max): the max kept apart
+    cross_entropy_backward(logits, targets, logsum, dlosses, ignore_index=-100) -> dlogits
     embedding_backward(idx, dout, dweight) -> dweight             dweight[idx[i]] += dout[i], in place
     adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None  (in place)
     prefer_blas(M, K, N, inference=False) -> bool: True where np.matmul should be used instead of `matmul`
@@ -45,7 +48,7 @@ import warnings
 from types import SimpleNamespace
 
 NAMES = (
-    "matmul", "sum_rows",
+    "matmul", "gemv", "sum_rows",
     "attention_forward", "attention_backward",
     "softmax_forward", "softmax_backward",
     "layer_norm_forward", "layer_norm_backward",
@@ -69,6 +72,7 @@ def use(name):
         try:
             from . import jit as module
             _set_numba_threads()
+            _hold_openblas_to_one_thread()
         except Exception as e:  # numba missing or broken: fall back, once, loudly
             warnings.warn(f"numba kernels unavailable ({e!r}); falling back to NumPy", RuntimeWarning)
             name = "numpy"
@@ -98,15 +102,40 @@ def _behind(check, kernel):
 
 
 def _set_numba_threads():
-    """Numba's threads: TINYGPT_NUM_THREADS, default one per core (numba's own default).
+    """Numba's threads: TINYGPT_NUM_THREADS, default one per core (numba's own default), shared
+    out among the ranks that mpiexec started on this machine (distributed.py), so that they do
+    not oversubscribe each other's cores.
 
     subtle: one per core pays only because a training step does not call OpenBLAS for its big
     products (jit_matmul.prefer_blas): OpenBLAS's threads spin after each call and would fight
     numba's for the cores (BENCHMARKS.md).
     """
     import numba
-    n = int(os.environ.get("TINYGPT_NUM_THREADS", numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    # ranks on this host, as Open MPI and MPICH's mpiexec tell each of them (1 without mpiexec)
+    local = os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or os.environ.get("MPI_LOCALNRANKS") or "1"
+    cores = numba.config.NUMBA_NUM_THREADS
+    default = cores // int(local) if local.isdigit() and int(local) > 0 else cores
+    n = int(os.environ.get("TINYGPT_NUM_THREADS", default))
+    numba.set_num_threads(max(1, min(n, cores)))
+
+
+_blas_limit = None  # threadpoolctl's limiter, kept for the life of the process
+
+
+def _hold_openblas_to_one_thread():
+    """Keep NumPy's OpenBLAS on one thread for the rest of the process, once numba runs the kernels.
+
+    OpenBLAS's threads spin after each call and fight numba's for the cores (BENCHMARKS.md); the
+    kernels hand OpenBLAS only products it runs on one thread anyway (prefer_blas), so the limit
+    costs them nothing and stops any other np.matmul (Tensor @, a user's) from starting the fight.
+    Only OpenBLAS is limited: PyTorch's own threads in the same process are left alone.
+    """
+    global _blas_limit
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # an install without it (it is in install_requires): the kernels still run
+        return
+    _blas_limit = ThreadpoolController().select(internal_api="openblas").limit(limits=1)
 
 
 def _or_numpy(name, kernel):

@@ -67,6 +67,30 @@ def matmul(a, b, out=None, bias=None, accumulate=False):
     return a, b, out, bias, accumulate
 
 
+def gemv(x, w, bias=None, scale=None, transposed=False):
+    x = _float("gemv", x)
+    w = np.asarray(w)
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1 if transposed else 0]:
+        raise ValueError(f"gemv expects x (M, K) and w {'(N, K)' if transposed else '(K, N)'}, "
+                         f"got x {x.shape} and w {w.shape}")
+    N = w.shape[0] if transposed else w.shape[1]
+    if w.dtype == np.int8:
+        if scale is None:
+            raise ValueError("gemv with int8 weights needs scale=, one float per output channel")
+    elif scale is not None:
+        raise ValueError(f"gemv: scale is for int8 weights, got weights of dtype {w.dtype}")
+    else:
+        w = _cast(w, x.dtype)
+    out = [x, w]
+    for name, v in (("bias", bias), ("scale", scale)):
+        if v is not None:
+            v = _cast(v, x.dtype)
+            if v.shape != (N,):
+                raise ValueError(f"gemv {name} must have shape ({N},), got {v.shape}")
+        out.append(v)
+    return (*out, bool(transposed))
+
+
 def sum_rows(x):
     x = _float("sum_rows", x)
     if x.ndim != 2:
@@ -154,10 +178,10 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     return logits, targets.astype(np.int64, copy=False), ignore_index
 
 
-def cross_entropy_backward(logits, targets, lse, dlosses, ignore_index=-100):
+def cross_entropy_backward(logits, targets, logsum, dlosses, ignore_index=-100):
     logits, targets, ignore_index = cross_entropy_forward(logits, targets, ignore_index)
-    lse, dlosses = _rows("cross_entropy_backward", logits, lse, dlosses)
-    return logits, targets, lse, dlosses, ignore_index
+    logsum, dlosses = _rows("cross_entropy_backward", logits, logsum, dlosses)
+    return logits, targets, logsum, dlosses, ignore_index
 
 
 def embedding_backward(idx, dout, dweight):

@@ -6,8 +6,8 @@ cores fuse what NumPy does in several passes over memory (max, exp, sum, divide.
 two passes over a row that sits in L1 cache, and split the rows across cores with `prange`.
 
 This file holds the row-wise kernels (softmax, layer norm, the sum of rows, gelu, cross-entropy,
-the embedding's backward, AdamW); matmul and attention have their own files (jit_matmul.py,
-jit_attention.py) and are re-exported here, so `jit` has exactly the names of `reference`.
+the embedding's backward, AdamW); matmul, attention and gemv have their own files (jit_matmul.py,
+jit_attention.py, jit_gemv.py) and are re-exported here, so `jit` has exactly the names of `reference`.
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
@@ -16,6 +16,7 @@ from . import reference as ref
 from .jit_math import exp_le0, row_dot, row_max, row_sum, sigmoid_pair
 from .jit_matmul import matmul, prefer_blas  # noqa: F401 (re-exported)
 from .jit_attention import attention_backward, attention_forward  # noqa: F401 (re-exported)
+from .jit_gemv import gemv  # noqa: F401 (re-exported)
 
 # Compile options used throughout:
 # - `cache=True`: compiled code is saved next to the source, so only the first run pays for it.
@@ -196,9 +197,9 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
 
 
 @njit(parallel=True, **KERNEL)
-def _cross_entropy_rows(x, targets, ignore_index, nchunks):  # -> losses (N,), lse (N,)
+def _cross_entropy_rows(x, targets, ignore_index, nchunks):  # -> losses (N,), logsum (N,)
     N, C = x.shape
-    losses, lse = np.empty(N, x.dtype), np.empty(N, x.dtype)
+    losses, logsum = np.empty(N, x.dtype), np.empty(N, x.dtype)
     for c in prange(nchunks):
         e = np.empty(C, x.dtype)  # scratch row for the exps, one per chunk of rows
         for r in range(c * N // nchunks, (c + 1) * N // nchunks):
@@ -206,29 +207,33 @@ def _cross_entropy_rows(x, targets, ignore_index, nchunks):  # -> losses (N,), l
             m = row_max(xr, C, x.dtype.type(1))
             for j in range(C):
                 e[j] = exp_le0(xr[j] - m)
-            lse[r] = m + np.log(row_sum(e, C))
+            logsum[r] = np.log(row_sum(e, C))
             t = targets[r]
-            losses[r] = 0 if t == ignore_index else lse[r] - xr[t]
-    return losses, lse
+            # (max - x[t]) + log(sum): the max is taken out before it can swallow the log
+            losses[r] = 0 if t == ignore_index else (m - xr[t]) + logsum[r]
+    return losses, logsum
 
 
-def cross_entropy_backward(logits, targets, lse, dlosses, ignore_index=-100):
-    return _cross_entropy_backward_rows(contiguous(logits), contiguous(targets), contiguous(lse),
+def cross_entropy_backward(logits, targets, logsum, dlosses, ignore_index=-100):
+    return _cross_entropy_backward_rows(contiguous(logits), contiguous(targets), contiguous(logsum),
                                         contiguous(dlosses), ignore_index)
 
 
 @njit(parallel=True, **KERNEL)
-def _cross_entropy_backward_rows(x, targets, lse, dlosses, ignore_index):
-    # dlogits = dloss * (softmax(x) - onehot(target)), with softmax(x) = exp(x - lse)
+def _cross_entropy_backward_rows(x, targets, logsum, dlosses, ignore_index):
+    # dlogits = dloss * (softmax(x) - onehot(target)), softmax(x) = exp((x - max) - logsum):
+    # the max taken out first, as in the forward (one more pass over the row, to find it)
+    C = x.shape[1]
     dx = np.empty_like(x)
     for r in prange(x.shape[0]):
         t = targets[r]
         if t == ignore_index:
             dx[r] = 0
             continue
-        d, l = dlosses[r], lse[r]
-        for j in range(x.shape[1]):
-            dx[r, j] = exp_le0(x[r, j] - l) * d
+        d, l, xr = dlosses[r], logsum[r], x[r]
+        m = row_max(xr, C, x.dtype.type(1))
+        for j in range(C):
+            dx[r, j] = exp_le0((xr[j] - m) - l) * d
         dx[r, t] -= d
     return dx
 

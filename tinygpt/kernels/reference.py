@@ -28,6 +28,17 @@ def matmul(a, b, out=None, bias=None, accumulate=False):
     return c
 
 
+def gemv(x, w, bias=None, scale=None, transposed=False):
+    """x (M, K) @ w (K, N), or @ w (N, K)^T if `transposed` -> (M, N); times scale (N,), one per
+    output channel (int8 w: w holds round(w_float / scale)), plus bias (N,)."""
+    y = x @ (w.T if transposed else w).astype(x.dtype)
+    if scale is not None:
+        y *= scale
+    if bias is not None:
+        y += bias
+    return y
+
+
 def sum_rows(x):
     """(N, C) -> (C,): the sum of the rows (a Linear's bias gradient, from the output's)."""
     return x.sum(axis=0)
@@ -157,21 +168,24 @@ def _sigmoid_pair(z):
 # ---------------------------------------------------------------------------------------- cross-entropy
 
 def cross_entropy_forward(logits, targets, ignore_index=-100):
-    """losses_i = logsumexp(logits_i) - logits_i[target_i], 0 where target_i == ignore_index.
+    """losses_i = (max_i - logits_i[target_i]) + log sum_j exp(logits_ij - max_i), 0 where
+    target_i == ignore_index: logsumexp - logit, with the max taken out before it can swallow
+    the log (at logits of 1e8, max + log(2) rounds to max in float32).
 
-    logits (N, C), targets (N,) ints -> losses (N,), lse (N,).
+    logits (N, C), targets (N,) ints -> losses (N,), logsum (N,) = log sum_j exp(logits_ij - max_i).
     """
     m = logits.max(axis=-1)
-    lse = m + np.log(np.exp(logits - m[:, None]).sum(axis=-1))
+    logsum = np.log(np.exp(logits - m[:, None]).sum(axis=-1))
     keep = targets != ignore_index
     picked = logits[np.arange(len(targets)), np.where(keep, targets, 0)]
-    return np.where(keep, lse - picked, 0).astype(logits.dtype), lse
+    return np.where(keep, (m - picked) + logsum, 0).astype(logits.dtype), logsum
 
 
-def cross_entropy_backward(logits, targets, lse, dlosses, ignore_index=-100):
-    """dlogits_i = dlosses_i * (softmax(logits_i) - onehot(target_i)); ignored rows get 0."""
+def cross_entropy_backward(logits, targets, logsum, dlosses, ignore_index=-100):
+    """dlogits_i = dlosses_i * (softmax(logits_i) - onehot(target_i)); ignored rows get 0, and
+    softmax = exp((logits - max) - logsum), the max taken out first as in the forward."""
     keep = targets != ignore_index
-    dlogits = np.exp(logits - lse[:, None])                   # softmax(logits)
+    dlogits = np.exp((logits - logits.max(axis=-1, keepdims=True)) - logsum[:, None])  # softmax(logits)
     dlogits[np.arange(len(targets))[keep], targets[keep]] -= 1
     return dlogits * np.where(keep, dlosses, 0)[:, None]     # where, not *: dlosses may be nan there
 

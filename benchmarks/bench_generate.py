@@ -1,0 +1,163 @@
+"""Sampling speed: tinygpt's generate against Hugging Face's, on the same random GPT-2 weights (issue 16).
+
+For each model, Hugging Face's GPT2LMHeadModel is built with random weights, saved, and loaded
+into tinygpt (GPT.from_pretrained), so both run the same numbers. Timed runs alternate (tinygpt,
+HF, tinygpt, HF, ...) so drift on a shared machine hits both alike; the median is reported.
+
+- prefill: one forward over a PROMPT-token prompt that fills the KV cache (logits of the last
+  position only, as generate needs), in prompt tokens/s;
+- decode: greedy generate of NEW tokens after a 16-token prompt with the KV cache, in new
+  tokens/s (the 16-token prefill included, as a user sees it);
+- the bandwidth limit: a parallel numba sum over a BW_MB array (larger than the last-level
+  cache), measured in the same run; decode at that rate would read the weights once per token,
+  so `% limit` is decode tok/s * weight bytes / bandwidth;
+- int8: tinygpt after model.quantize("int8"), against HF in float32, with its token agreement.
+
+    python benchmarks/bench_generate.py
+    python benchmarks/bench_generate.py --config small --rounds 5 --json out.json
+
+It exits non-zero if tinygpt's greedy tokens (float32) differ from HF's.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch  # subtle: before tinygpt's kernels; PyTorch slows down many times over otherwise (bench_train.py)
+import numpy as np
+
+from configs import CONFIGS  # from this script's folder (benchmarks/configs.py)
+
+GPT2S = {k: CONFIGS["gpt2s"][k] for k in ("n_layer", "n_head", "n_embd", "vocab_size")}
+MODELS = {
+    "gpt2": GPT2S,                                                        # GPT-2 124M
+    "small": dict(n_layer=4, n_head=4, n_embd=256, vocab_size=50257),     # the issue's small model
+}
+PROMPT, NEW, SHORT = 256, 64, 16
+BW_MB = 512
+
+
+def bandwidth_gbs(repeats=5):
+    """Parallel read bandwidth: a numba prange sum over a BW_MB float32 array, best of `repeats`."""
+    from numba import njit, prange
+
+    @njit(parallel=True, fastmath=True)
+    def total(a):
+        s = 0.0
+        for i in prange(a.size):
+            s += a[i]
+        return s
+    a = np.ones(BW_MB * 2**20 // 4, np.float32)
+    total(a)
+    best = min(_timed(lambda: total(a)) for _ in range(repeats))
+    return a.nbytes / best / 1e9
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def weight_bytes(model):
+    """Bytes generation reads per token: every parameter but wpe (one row of it is read)."""
+    return sum(p.data.nbytes + getattr(p, "scale", np.zeros(0)).nbytes
+               for n, p in model.named_parameters() if n != "transformer.wpe.weight")
+
+
+def build(cfg, folder):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from tinygpt import GPT
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
+                                    vocab_size=cfg["vocab_size"], n_positions=1024)).eval()
+    hf.save_pretrained(folder)
+    return hf, GPT.from_pretrained(folder)
+
+
+def run_model(name, cfg, rounds, bw):
+    from tinygpt.nn import evaluating
+    rng = np.random.default_rng(0)
+    long_prompt = rng.integers(0, cfg["vocab_size"], (1, PROMPT))
+    prompt = rng.integers(0, cfg["vocab_size"], (1, SHORT))
+    with tempfile.TemporaryDirectory() as folder:
+        hf, model = build(cfg, folder)
+    qmodel = None
+
+    def tiny_prefill():
+        with evaluating(model):
+            model._next_logits(long_prompt, model.new_kv_cache(1))
+
+    def hf_prefill():
+        with torch.no_grad():
+            hf(torch.from_numpy(long_prompt), use_cache=True, logits_to_keep=1)
+
+    def tiny_decode(m=None):
+        return (m or model).generate(prompt, NEW, temperature=0)[:, SHORT:]
+
+    def hf_decode():
+        with torch.no_grad():
+            out = hf.generate(torch.from_numpy(prompt), max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                              use_cache=True, pad_token_id=0)
+        return out[:, SHORT:].numpy()
+
+    ours, theirs = tiny_decode(), hf_decode()  # warm-up, and the check
+    if not np.array_equal(ours, theirs):
+        first = int(np.argmax(ours[0] != theirs[0]))
+        sys.exit(f"FAIL {name}: tinygpt's greedy tokens differ from HF's from new token {first}: "
+                 f"{ours[0, first:first + 8]} vs {theirs[0, first:first + 8]}")
+    tiny_prefill(), hf_prefill()
+    times = {k: [] for k in ("tiny_prefill", "hf_prefill", "tiny_decode", "hf_decode", "int8_decode")}
+    for _ in range(rounds):
+        times["tiny_prefill"].append(_timed(tiny_prefill))
+        times["hf_prefill"].append(_timed(hf_prefill))
+        times["tiny_decode"].append(_timed(tiny_decode))
+        times["hf_decode"].append(_timed(hf_decode))
+    fbytes = weight_bytes(model)
+    qmodel = model.quantize("int8")  # in place: the float32 runs are done
+    qtokens = tiny_decode(qmodel)
+    for _ in range(rounds):
+        times["int8_decode"].append(_timed(lambda: tiny_decode(qmodel)))
+        times["hf_decode"].append(_timed(hf_decode))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    r = dict(model=name, **cfg, prompt=PROMPT, new_tokens=NEW,
+             tiny_prefill=PROMPT / med["tiny_prefill"], hf_prefill=PROMPT / med["hf_prefill"],
+             tiny_decode=NEW / med["tiny_decode"], hf_decode=NEW / med["hf_decode"],
+             int8_decode=NEW / med["int8_decode"], int8_agreement=float((qtokens == ours).mean()),
+             weight_mb=fbytes / 1e6, int8_weight_mb=weight_bytes(qmodel) / 1e6, bandwidth_gbs=bw)
+    r["limit_decode"] = bw * 1e9 / fbytes
+    r["int8_limit_decode"] = bw * 1e9 / (r["int8_weight_mb"] * 1e6)
+    return r
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", choices=sorted(MODELS), action="append", help="model (default: both)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds of each engine (default: %(default)s)")
+    p.add_argument("--json", default=None, help="also write the figures to this file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("TINYGPT_NUM_THREADS", 2)))
+    bw = bandwidth_gbs()
+    print(f"read bandwidth (numba prange sum of {BW_MB} MB): {bw:.1f} GB/s; torch threads {torch.get_num_threads()}")
+    results = [run_model(n, MODELS[n], args.rounds, bw) for n in (args.config or ["gpt2", "small"])]
+    head = (f"{'model':<7}{'prefill tok/s':>15}{'HF':>8}{'ratio':>7}{'decode tok/s':>14}{'HF':>7}{'ratio':>7}"
+            f"{'% limit':>9}{'int8 tok/s':>12}{'vs HF':>7}{'% limit':>9}{'agree':>7}")
+    print(head)
+    for r in results:
+        print(f"{r['model']:<7}{r['tiny_prefill']:>15.0f}{r['hf_prefill']:>8.0f}{r['tiny_prefill'] / r['hf_prefill']:>6.2f}x"
+              f"{r['tiny_decode']:>14.1f}{r['hf_decode']:>7.1f}{r['tiny_decode'] / r['hf_decode']:>6.2f}x"
+              f"{100 * r['tiny_decode'] / r['limit_decode']:>8.0f}%"
+              f"{r['int8_decode']:>12.1f}{r['int8_decode'] / r['hf_decode']:>6.2f}x"
+              f"{100 * r['int8_decode'] / r['int8_limit_decode']:>8.0f}%{100 * r['int8_agreement']:>6.0f}%")
+    sizes = ", ".join(f"{r['model']} {r['weight_mb']:.0f} MB, int8 {r['int8_weight_mb']:.0f} MB" for r in results)
+    print(f"greedy tokens equal HF's (float32): yes; limit = bandwidth / weight bytes ({sizes})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"bandwidth_gbs": bw, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
