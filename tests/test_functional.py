@@ -3,7 +3,7 @@ whichever kernel set TINYGPT_KERNELS picks (CI runs this file under both).
 """
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -41,10 +41,13 @@ def test_layer_norm(data, shape, with_bias):
     # and the third derivative ~ rstd^3 is huge. That is smooth, not a kink: rather than narrowing
     # the domain, the finite difference takes a 10x smaller step (truncation error ~ step^2).
     w, b = data.draw(arrays((C,))), data.draw(arrays((C,)))
+    # y = xhat * w + b can cancel to ~0 (x = w = b = [0, -1]): its terms set the tolerance's scale
+    xhat = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    terms = np.abs(xhat * w) + (np.abs(b) if with_bias else 0)
     if with_bias:
-        check_grad(lambda t, w_, b_: F.layer_norm(t, w_, b_), x, w, b, eps=1e-7)
+        check_grad(lambda t, w_, b_: F.layer_norm(t, w_, b_), x, w, b, eps=1e-7, terms=terms)
     else:
-        check_grad(lambda t, w_: F.layer_norm(t, w_, None), x, w, eps=1e-7)
+        check_grad(lambda t, w_: F.layer_norm(t, w_, None), x, w, eps=1e-7, terms=terms)
 
 
 @settings(max_examples=N)
@@ -185,9 +188,111 @@ def test_cross_entropy_all_ignored_is_zero_not_nan():
     (lambda: F.softmax(tg.Tensor(np.arange(3))), TypeError, ["int64"]),
     (lambda: F.scaled_dot_product_attention(*(tg.Tensor(np.ones((2, 3, 4))),) * 3), ValueError, ["(2, 3, 4)"]),
     (lambda: F.self_attention(tg.Tensor(np.ones((2, 3, 10))), 2), ValueError, ["(2, 3, 10)", "n_head=2"]),
+    (lambda: F.self_attention(tg.Tensor(np.ones((2, 3, 6))), 0), ValueError, ["n_head", "got 0"]),
+    (lambda: F.self_attention(tg.Tensor(np.ones((2, 3, 6))), 1.0), ValueError, ["n_head", "got 1.0"]),
+    # bad axes, empty axes
+    (lambda: F.softmax(tg.Tensor(np.ones((2, 3))), axis=5), ValueError, ["axis 5", "2 dims"]),
+    (lambda: F.log_softmax(tg.Tensor(np.ones((2, 3))), axis=-3), ValueError, ["axis -3 is out of range"]),
+    (lambda: F.softmax(tg.Tensor(np.float32(1))), ValueError, ["0 dims"]),
+    (lambda: F.softmax(tg.Tensor(np.ones((2, 0)))), ValueError, ["size 0", "(2, 0)"]),
+    (lambda: F.cross_entropy(tg.Tensor(np.ones((2, 0))), np.array([0, 0])), ValueError, ["at least one class"]),
+    (lambda: F.layer_norm(tg.Tensor(np.ones((2, 0))), tg.Tensor(np.ones(0))), ValueError, ["(2, 0)"]),
+    # arrays where Tensors belong, tables of the wrong rank or dtype
+    (lambda: F.embedding(np.ones((4, 2)), np.array([1])), TypeError, ["weight", "ndarray"]),
+    (lambda: F.embedding(tg.Tensor(np.ones(4)), np.array([1])), ValueError, ["(V, C)", "(4,)"]),
+    (lambda: F.embedding(tg.Tensor(np.ones((4, 2), np.int64)), np.array([1])), TypeError, ["weight", "int64"]),
+    (lambda: F.linear(tg.Tensor(np.ones((2, 3))), np.ones((3, 2))), TypeError, ["weight", "ndarray"]),
+    (lambda: F.linear(tg.Tensor(np.ones((2, 3))), tg.Tensor(np.ones(3))), ValueError, ["2-D", "(3,)"]),
+    (lambda: F.layer_norm(tg.Tensor(np.ones((2, 3))), np.ones(3)), TypeError, ["weight", "ndarray"]),
+    (lambda: F.dropout(np.ones(3), 0.5), TypeError, ["ndarray"]),
+    (lambda: F.dropout(tg.Tensor(np.ones(3)), "0.5"), TypeError, ["'0.5'"]),
 ])
 def test_bad_input(call, exc, words):
     with pytest.raises(exc) as e:
         call()
     for w in words:
         assert w in str(e.value)
+
+
+# ---- exact at any logit scale -------------------------------------------------------------------
+# The reference, in float64 from the very same values: softmax = exp(x - max) / sum and
+# loss = (max - x[t]) + log(sum), sum = sum(exp(x - max)). Written as logsumexp - x[t], the loss
+# loses log(sum) into the max once the max dwarfs it: [[1e8, 1e8, 0]] with target 0 is 0.6931 (as
+# torch says), not the 0 that float32 gives for (1e8 + 0.6931) - 1e8.
+FMAX = float(np.finfo(np.float32).max)
+TOL = {np.float32: 1e-5, np.float64: 1e-12}  # relative to the value, with an absolute floor as big
+
+
+def exact_softmax_and_cross_entropy(x, targets):
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    e = np.exp(x - m)
+    s = e.sum(axis=-1, keepdims=True)
+    loss = (m[:, 0] - x[np.arange(len(x)), targets]) + np.log(s[:, 0])
+    return e / s, loss
+
+
+# values from a few levels, so that rows often tie at their max (the case logsumexp - x[t] gets wrong)
+unit_logits = hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=2, max_side=6),
+                         elements=st.one_of(st.sampled_from([-1.0, -0.5, 0.0, 1.0]), st.floats(-1, 1)))
+exact_scales = dict(unit=unit_logits, exponent=st.floats(-3, 30), dtype=st.sampled_from([np.float32, np.float64]))
+
+
+@settings(max_examples=N)
+@given(**exact_scales)
+def test_softmax_is_exact_at_any_logit_scale(unit, exponent, dtype):
+    x = (unit * 10.0 ** exponent).astype(dtype)
+    want, _ = exact_softmax_and_cross_entropy(x, np.zeros(len(x), dtype=np.int64))
+    got = F.softmax(tg.Tensor(x)).data
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@settings(max_examples=N)
+@given(**exact_scales, shift=st.integers(0, 5))
+@example(unit=np.array([[1.0, 1.0, 0.0]]), exponent=8.0, dtype=np.float32, shift=0)  # the issue's case
+def test_cross_entropy_is_exact_at_any_logit_scale(unit, exponent, dtype, shift):
+    x = (unit * 10.0 ** exponent).astype(dtype)
+    targets = (np.arange(len(x)) + shift) % x.shape[1]
+    softmax, want = exact_softmax_and_cross_entropy(x, targets)
+    logits = tg.Tensor(x, requires_grad=True)
+    loss = F.cross_entropy(logits, targets, reduction="sum")
+    loss.backward()
+    tol = TOL[dtype]
+    got = F.cross_entropy(tg.Tensor(x), targets, reduction="none").data
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(loss.item(), want.sum(), rtol=tol, atol=tol * len(x))
+    # dloss/dlogits = softmax - onehot(target)
+    np.testing.assert_allclose(logits.grad, softmax - np.eye(x.shape[1])[targets], rtol=tol, atol=tol)
+
+
+def _against_torch(rows, targets):
+    """Our float32 cross-entropy (per row) and its gradient next to torch's."""
+    torch = pytest.importorskip("torch")
+    x = np.array(rows, dtype=np.float32)
+    ours, theirs = tg.Tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    with np.errstate(over="ignore"):  # at float32's max, max - x[t] overflows to inf on purpose
+        got = F.cross_entropy(ours, np.array(targets), reduction="none")
+        got.backward(np.ones(len(rows), np.float32))
+    want = torch.nn.functional.cross_entropy(theirs, torch.tensor(targets), reduction="none")
+    want.backward(torch.ones(len(rows)))
+    np.testing.assert_allclose(got.data, want.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=1e-6, atol=1e-6)
+    return got.data, ours.grad
+
+
+@pytest.mark.parametrize("s", [1e4, -1e4, 1e8, -1e8, FMAX, -FMAX])
+def test_cross_entropy_with_one_largest_logit_matches_torch(s):
+    # one logit above the rest: log(sum) is ~0 or the gap dominates, so both forms agree; at
+    # float32's max, [s, -s] with target -s is inf on both sides (the true 2s does not fit)
+    rows = [[s, -s, 0.0], [s, 0.0, -s], [s, 0.5 * s, 0.0]]
+    _against_torch(rows * 3, [0] * 3 + [1] * 3 + [2] * 3)
+
+
+@pytest.mark.parametrize("s", [1e4, -1e4, 1e8, -1e8, FMAX, -FMAX])
+def test_cross_entropy_with_tied_largest_logits_matches_torch(s):
+    # rows tied at their max: the loss is log(2) or log(3) at any scale, not 0
+    losses, grad = _against_torch([[s, s, 0.0] if s > 0 else [s, s, s], [s, s, s]], [0, 1])
+    np.testing.assert_allclose(losses, [np.log(2.0) if s > 0 else np.log(3.0), np.log(3.0)], rtol=1e-6)
+    if s == 1e8:  # the issue's case, spelled out
+        np.testing.assert_allclose(grad[0], [-0.5, 0.5, 0.0], atol=1e-6)

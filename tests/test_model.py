@@ -44,6 +44,17 @@ def test_config_validation(kwargs, needle):
         GPTConfig(**{**SMALL, **kwargs})
 
 
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(bias="no"), "bias must be True or False, got 'no'"),  # "no" is truthy: it built biases
+    (dict(bias=1), "got 1"),
+    (dict(dropout="0.1"), "dropout must be a real number, got '0.1'"),
+    (dict(dropout=True), "got True"),
+])
+def test_config_fields_of_the_wrong_type(kwargs, needle):
+    with pytest.raises(TypeError, match=needle):
+        GPTConfig(**{**SMALL, **kwargs})
+
+
 def test_config_defaults_are_gpt2_small():
     c = GPTConfig()
     assert (c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd, c.dropout, c.bias) == \
@@ -283,6 +294,43 @@ def test_sample_next_filters():
     np.testing.assert_allclose(cold, np.array([0.05, 0.5, 0.15, 0.3]) ** 4 / (np.array([0.05, 0.5, 0.15, 0.3]) ** 4).sum(), atol=0.015)
 
 
+@pytest.mark.parametrize("bad, needle", [([0, np.nan, 0, 1], "row 1 holds NaN"),
+                                         ([-np.inf] * 4, "row 1 is -inf everywhere")])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_sample_next_refuses_a_row_that_names_no_token(bad, needle, temperature):
+    # it used to return token 0 for these, as if the model had picked it
+    with pytest.raises(ValueError, match=needle):
+        sample_next(np.array([[0.0, 1, 2, 3], bad]), temperature, rng=0)
+
+
+def test_sample_next_refuses_1d_logits_and_survives_any_temperature():
+    with pytest.raises(ValueError, match=r"logits must be \(B, V\).*\(4,\)"):
+        sample_next(np.zeros(4), 1.0)
+    with pytest.raises(ValueError, match=r"\(2, 0\)"):
+        sample_next(np.zeros((2, 0)), 0.0)
+    # logits / temperature would overflow to [-inf, inf] (and softmax to NaN): shifted by the max first
+    huge = np.array([[-3e38, 3e38]], np.float32)
+    assert sample_next(huge, 0.01, rng=0).tolist() == [1]
+
+
+def test_sample_next_with_inf_logits_follows_torch():
+    torch = pytest.importorskip("torch")
+    inf = np.array([[0, np.inf, 0, 1], [np.inf, 1, np.inf, 0]], np.float32)
+    # greedy: torch.argmax takes the +inf (the first, when tied), and so do we
+    assert sample_next(inf, 0.0).tolist() == torch.argmax(torch.from_numpy(inf), dim=-1).tolist() == [1, 0]
+    # sampling: softmax is NaN there, which torch.multinomial refuses, and so do we
+    with pytest.raises(RuntimeError):
+        torch.multinomial(torch.softmax(torch.from_numpy(inf), dim=-1), 1)
+    with pytest.raises(ValueError, match=r"row 0 holds \+inf"):
+        sample_next(inf, 1.0, rng=0)
+    # a -inf logit is a token of probability 0 (torch's softmax gives it 0): never sampled
+    masked = np.array([[-np.inf, 0.0, -np.inf, 1.0]] * 4000)
+    want = torch.softmax(torch.from_numpy(masked[0]), dim=-1).numpy()
+    freq = np.bincount(sample_next(masked, 1.0, rng=0), minlength=4) / 4000
+    assert freq[0] == freq[2] == 0
+    np.testing.assert_allclose(freq, want, atol=0.03)
+
+
 # ---- learning ----------------------------------------------------------------------------------------------
 def test_overfits_one_batch():
     """Adam (written out here so the test does not depend on optim.py) drives the loss on one
@@ -409,3 +457,48 @@ def test_from_pretrained_errors_name_the_file_and_key(tmp_path):
     st.save_file(dict(model.state_dict()), weights)
     with pytest.raises(ValueError, match="activation_function='relu'"):
         GPT.from_pretrained(tmp_path)
+
+
+def _lie(path, name, change):
+    """Rewrite the file `name` in a checkpoint folder: change(bytes) -> bytes."""
+    (path / name).write_bytes(change((path / name).read_bytes()))
+
+
+def _with_header(data, edit):
+    """A safetensors file's bytes with its JSON header edited (edit(dict) -> dict), data unchanged."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(edit(json.loads(data[8:8 + n]))).encode()
+    return len(header).to_bytes(8, "little") + header + data[8 + n:]
+
+
+def _retype(header, key, dtype):
+    header[key]["dtype"] = dtype
+    return header
+
+
+@pytest.mark.parametrize("name, change, needle", [
+    ("model.safetensors", lambda b: b[:8] + b"{garbage" + b[16:], "invalid JSON in header"),
+    ("model.safetensors", lambda b: b[:-100], "not fully covered"),                # truncated
+    ("model.safetensors", lambda b: b"", "model.safetensors"),
+    ("model.safetensors", lambda b: (10**15).to_bytes(8, "little") + b[8:], "header too large"),
+    # the header says int32 for float32 bytes: the right size, the wrong kind of number
+    ("model.safetensors", lambda b: _with_header(b, lambda h: _retype(h, "transformer.ln_f.bias", "I32")),
+     "transformer.ln_f.bias is I32, but weights must be one of"),
+    ("model.safetensors", lambda b: _with_header(b, lambda h: _retype(h, "transformer.ln_f.bias", "F64")),
+     "invalid shape, data type, or offset"),                                      # 8 bytes each: too few
+    ("config.json", lambda b: b"{not json", "config.json is not a GPT-2 config"),
+    ("config.json", lambda b: b"\xff\xfe", "config.json is not a GPT-2 config"),   # not UTF-8
+    ("config.json", lambda b: b"[" * 100_000 + b"]" * 100_000, "config.json is not a GPT-2 config: it is nested too"),
+    ("config.json", lambda b: b'"vocab_size n_positions n_layer n_head n_embd"', "holds a str, not an object"),
+    ("config.json", lambda b: json.dumps({**json.loads(b), "n_embd": "32"}).encode(), "config.json: GPTConfig.n_embd"),
+    # a config that claims a model far bigger than its weights: refused before the model is built
+    ("config.json", lambda b: json.dumps({**json.loads(b), "n_embd": 10**7, "n_head": 1}).encode(),
+     r"transformer.w[tp]e.weight has shape \(\d+, 32\), but .*config.json says \(\d+, 10000000\)"),
+])
+def test_from_pretrained_refuses_a_lying_file_naming_it(tmp_path, name, change, needle):
+    pytest.importorskip("safetensors")
+    GPT(GPTConfig(**SMALL), seed=0).save_pretrained(tmp_path)
+    _lie(tmp_path, name, change)
+    with pytest.raises(ValueError, match=needle) as e:
+        GPT.from_pretrained(tmp_path)
+    assert str(tmp_path / name) in str(e.value)

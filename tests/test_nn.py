@@ -203,3 +203,16 @@ def test_embedding_matches_torch():
     np.testing.assert_allclose(out.data, ref.detach().numpy(), **TOL)
     _backward_both(out, ref)
     np.testing.assert_allclose(emb.weight.grad, wt.grad.numpy(), **TOL)
+
+
+@pytest.mark.parametrize("make, exc, needle", [
+    (lambda: Dropout("0.1"), TypeError, "'0.1'"),
+    (lambda: Dropout(float("nan")), ValueError, "nan"),
+    (lambda: Linear(0, 3), ValueError, "Linear: in_features must be a positive integer, got 0"),
+    (lambda: Linear(3, 2.5), ValueError, "out_features .* got 2.5"),
+    (lambda: Embedding(-1, 4), ValueError, "num_embeddings .* got -1"),
+    (lambda: LayerNorm(True), ValueError, "ndim .* got True"),
+])
+def test_layers_refuse_bad_sizes_when_built(make, exc, needle):
+    with pytest.raises(exc, match=needle):
+        make()

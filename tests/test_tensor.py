@@ -133,6 +133,37 @@ def test_split_sections_and_points():
     (lambda: Tensor(np.ones((2, 2))).sum(axis=2), ValueError, ["axis 2"]),
     (lambda: Tensor(np.ones((2, 2))).masked_fill(np.ones((3, 1), bool), 0), ValueError, ["(3, 1)", "(2, 2)"]),
     (lambda: tg.stack([Tensor(np.ones(2)), Tensor(np.ones(3))]), ValueError, ["(2,)", "(3,)"]),
+    # bad axes: ValueError naming the axis and the dims (an IndexError or a wrap-around before)
+    (lambda: Tensor(np.ones((2, 3))).transpose(0, 5), ValueError, ["axis 5", "2 dims"]),
+    (lambda: Tensor(np.ones((2, 3))).permute(0, 5), ValueError, ["axis 5 is out of range", "2 dims"]),
+    (lambda: Tensor(np.float32(1)).sum(axis=0), ValueError, ["axis 0 is out of range", "0 dims"]),
+    (lambda: Tensor(np.ones((2, 3))).sum(axis=(0, 0)), ValueError, ["(0, 0)", "twice"]),
+    (lambda: Tensor(np.ones((2, 3))).sum(axis=1.0), TypeError, ["1.0"]),
+    (lambda: Tensor(np.ones((2, 3))).split(2, axis=-3), ValueError, ["axis -3", "2 dims"]),
+    (lambda: tg.stack([Tensor(np.ones(2))], axis=3), ValueError, ["axis 3 is out of range"]),
+    (lambda: tg.concatenate([Tensor(np.ones(2))], axis=1), ValueError, ["axis 1 is out of range"]),
+    # empty inputs: ValueError naming the shape (a ZeroDivisionError, an IndexError or NaN before)
+    (lambda: Tensor(np.ones(0)).mean(), ValueError, ["(0,)", "more than 0", "got 0"]),
+    (lambda: Tensor(np.ones((0, 3))).var(axis=0), ValueError, ["(0, 3)", "got 0"]),
+    (lambda: Tensor(np.ones(1)).var(ddof=1), ValueError, ["ddof", "more than 1", "got 1"]),
+    (lambda: Tensor(np.ones((0, 3))).max(axis=0), ValueError, ["(0, 3)", "empty axis"]),
+    (lambda: Tensor(np.ones(4)).split(0), ValueError, ["at least 1 section", "0"]),
+    (lambda: tg.stack([]), ValueError, ["stack needs at least one tensor"]),
+    (lambda: tg.concatenate([]), ValueError, ["concatenate needs at least one tensor"]),
+    # operands that are not numbers: TypeError (None became NaN, a string a ValueError)
+    (lambda: Tensor(np.ones(2)) + None, TypeError, ["NoneType"]),
+    (lambda: None - Tensor(np.ones(2)), TypeError, ["NoneType"]),
+    (lambda: Tensor(np.ones(2)) * "a", TypeError, ["str 'a'"]),
+    (lambda: Tensor(np.ones(2)) + [None, 1.0], TypeError, ["[None, 1.0]"]),
+    (lambda: Tensor(np.ones(2)) @ None, TypeError, ["NoneType"]),
+    (lambda: Tensor(np.ones(2), requires_grad=True).exp().backward("ab"), TypeError, ["<U2"]),
+    # masked_fill: a mask that grows the tensor, a value that is not one number, a mask that is not bool
+    (lambda: Tensor(np.ones((2, 3))).masked_fill(np.ones((4, 2, 3), bool), 0), ValueError,
+     ["(4, 2, 3)", "(2, 3)", "up to"]),
+    (lambda: Tensor(np.ones((2, 3))).masked_fill(np.ones((2, 3), bool), np.ones(5)), TypeError, ["shape (5,)"]),
+    (lambda: Tensor(np.ones(2)).masked_fill(np.ones(2, bool), None), TypeError, ["object"]),
+    (lambda: Tensor(np.ones(2)).masked_fill(np.ones(2), 0.0), TypeError, ["boolean", "float64"]),
+    (lambda: tg.where(np.ones(2), Tensor(np.ones(2)), 0.0), TypeError, ["boolean", "float64"]),
 ])
 def test_bad_input_names_shapes_and_dtypes(call, exc, words):
     with pytest.raises(exc) as e:

@@ -8,9 +8,9 @@ from .functional import concatenate, stack, where
 from .model import GPT, GPTConfig
 from .nn import evaluating
 from .optim import AdamW
-from .tensor import Tensor, is_grad_enabled, no_grad
+from .tensor import Tensor, detect_anomaly, is_grad_enabled, no_grad
 from .tokenizer import BPETokenizer, CharTokenizer
 
 __version__ = "0.1.0"
-__all__ = ["GPT", "GPTConfig", "Tensor", "no_grad", "is_grad_enabled", "evaluating", "BPETokenizer",
-           "CharTokenizer", "AdamW", "concatenate", "stack", "where", "functional"]
+__all__ = ["GPT", "GPTConfig", "Tensor", "no_grad", "is_grad_enabled", "detect_anomaly", "evaluating",
+           "BPETokenizer", "CharTokenizer", "AdamW", "concatenate", "stack", "where", "functional"]

@@ -218,7 +218,8 @@ def linear(x, weight, bias=None, transpose_weight=False):
     if bias is not None:
         _check_float(bias, "linear", "bias")
     if weight.ndim != 2 or x.ndim == 0:
-        raise ValueError(f"linear needs x of at least 1 dim and a 2-D weight, got x {x.shape} and weight {weight.shape}")
+        raise ValueError(f"linear needs x of at least 1 dim and a 2-D weight, got x {x.shape} "
+                         f"and weight {weight.shape}")
     w = weight.data.T if transpose_weight else weight.data  # (in, out), a view
     K, N = w.shape
     if x.shape[-1] != K or (bias is not None and bias.shape != (N,)):

@@ -20,37 +20,75 @@ from .model import GPT, GPTConfig
 from .nn import LayerNorm, Linear
 
 REQUIRED = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd")
+FLOAT_DTYPES = ("F16", "F32", "F64")  # safetensors' names of the dtypes NumPy can cast from
 
 
 def _safetensors():
-    """safetensors.numpy, or an ImportError that says how to install it."""
+    """The safetensors package (with safetensors.numpy), or an ImportError that says how to install it."""
     try:
         import safetensors.numpy
     except ImportError:
         raise ImportError("reading and writing Hugging Face checkpoints needs the safetensors package: "
                           "pip install safetensors") from None
-    return safetensors.numpy
+    return safetensors
 
 
 def _read_config(config_file, dropout):
-    """GPTConfig from a GPT-2 config.json; options tinygpt does not implement raise ValueError."""
-    with open(config_file) as fh:
-        hf = json.load(fh)
+    """GPTConfig from a GPT-2 config.json; anything else (not JSON, not an object, wrong types, the
+    options tinygpt does not implement) raises ValueError naming the file."""
+    try:
+        with open(config_file, "rb") as fh:
+            hf = json.loads(fh.read().decode("utf-8"))
+    except RecursionError:  # JSON nested thousands deep
+        raise ValueError(f"{config_file} is not a GPT-2 config: it is nested too deeply") from None
+    except ValueError as e:  # not UTF-8, not JSON
+        raise ValueError(f"{config_file} is not a GPT-2 config: {e}") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{config_file} is not a GPT-2 config: it holds a {type(hf).__name__}, not an object")
     missing = [k for k in REQUIRED if k not in hf]
     if missing:
         raise ValueError(f"{config_file} lacks {missing}")
+    try:
+        config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True)
+    except (TypeError, ValueError) as e:  # sizes that are not positive integers, a bad dropout
+        raise ValueError(f"{config_file}: {e}") from None
     unsupported = {  # the GPT-2 options this model does not implement, and their standard values
         "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
         "layer_norm_epsilon": (hf.get("layer_norm_epsilon", 1e-5), (1e-5,)),
-        "n_inner": (hf.get("n_inner"), (None, 4 * hf["n_embd"])),
+        "n_inner": (hf.get("n_inner"), (None, 4 * config.n_embd)),
         "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False), (False,)),
         "scale_attn_weights": (hf.get("scale_attn_weights", True), (True,)),
     }
     for key, (value, allowed) in unsupported.items():
         if value not in allowed:
             raise ValueError(f"{config_file}: {key}={value!r} is not supported (expected one of {allowed})")
-    return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-                     n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True)
+    return config
+
+
+def _read_weights(weights_file, config, config_file):
+    """name -> array of every weight in model.safetensors. A file that is not safetensors (corrupt
+    header, truncated), holds a weight that is not float, or whose embeddings do not have the
+    config's shapes raises ValueError naming the file, before the model is built: its size comes
+    from `config_file`, so a lying config must not allocate first."""
+    st = _safetensors()
+    expect = {"wte.weight": [config.vocab_size, config.n_embd], "wpe.weight": [config.block_size, config.n_embd]}
+    try:
+        with st.safe_open(weights_file, framework="numpy") as f:
+            # causal-mask buffers saved by older transformers, not weights
+            keys = [k for k in f.keys() if not k.endswith((".attn.bias", ".attn.masked_bias"))]
+            for key in keys:
+                header = f.get_slice(key)  # dtype and shape from the header, no data read yet
+                if header.get_dtype() not in FLOAT_DTYPES:
+                    raise ValueError(f"{weights_file}: {key} is {header.get_dtype()}, but weights must be "
+                                     f"one of {FLOAT_DTYPES}")
+                name = key[len("transformer."):] if key.startswith("transformer.") else key
+                if name in expect and header.get_shape() != expect[name]:
+                    raise ValueError(f"{weights_file}: {key} has shape {tuple(header.get_shape())}, but "
+                                     f"{config_file} says {tuple(expect[name])}")
+            return {key: f.get_tensor(key) for key in keys}
+    except (st.SafetensorError, OSError) as e:  # safetensors' own error names no file
+        raise ValueError(f"{weights_file} is not a readable safetensors file: {e}") from None
 
 
 def from_pretrained(path, dropout=0.0, dtype=np.float32):
@@ -61,11 +99,11 @@ def from_pretrained(path, dropout=0.0, dtype=np.float32):
         if not os.path.isfile(f):
             raise FileNotFoundError(f"{f} not found: a GPT-2 checkpoint directory needs config.json and "
                                     "model.safetensors (save it with safe_serialization=True)")
-    model = GPT(_read_config(config_file, dropout), seed=0, dtype=dtype)
+    config = _read_config(config_file, dropout)
+    weights = _read_weights(weights_file, config, config_file)
+    model = GPT(config, seed=0, dtype=dtype)
     state_dict, lm_head = {}, None
-    for key, value in _safetensors().load_file(weights_file).items():
-        if key.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # causal-mask buffers saved by older transformers, not weights
+    for key, value in weights.items():
         if key == "lm_head.weight":
             lm_head = value
             continue
@@ -101,6 +139,6 @@ def save_pretrained(model, path):
           "bos_token_id": 50256 if c.vocab_size > 50256 else None,
           "eos_token_id": 50256 if c.vocab_size > 50256 else None}
     # transformers refuses a safetensors file whose metadata lacks "format"
-    weights = _safetensors().save(tensors, metadata={"format": "pt"})  # the file's bytes
+    weights = _safetensors().numpy.save(tensors, metadata={"format": "pt"})  # the file's bytes
     atomic_write(os.path.join(path, "model.safetensors"), lambda f: f.write(weights))
     atomic_write(os.path.join(path, "config.json"), lambda f: f.write((json.dumps(hf, indent=2) + "\n").encode()))

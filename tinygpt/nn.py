@@ -153,6 +153,12 @@ def evaluating(model):
             m.training = mode
 
 
+def _check_sizes(layer, **sizes):
+    for name, n in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"{layer}: {name} must be a positive integer, got {n!r}")
+
+
 def _normal(shape, std, dtype, rng):
     """N(0, std^2) samples drawn directly in `dtype` (no float64 detour for float32)."""
     rng = np.random.default_rng(rng)  # accepts None, an int seed, or a Generator (used as is)
@@ -163,6 +169,7 @@ class Linear(Module):
     """y = x @ weight + bias, with weight (in_features, out_features): GPT-2's Conv1D layout."""
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
+        _check_sizes("Linear", in_features=in_features, out_features=out_features)
         dtype = np.dtype(dtype).type
         self.weight = Parameter(_normal((in_features, out_features), 0.02, dtype, rng))
         self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
@@ -177,6 +184,7 @@ class Embedding(Module):
     """A lookup table: integer ids of any shape -> rows of weight (num_embeddings, embedding_dim)."""
 
     def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, rng=None):
+        _check_sizes("Embedding", num_embeddings=num_embeddings, embedding_dim=embedding_dim)
         self.weight = Parameter(_normal((num_embeddings, embedding_dim), 0.02, np.dtype(dtype).type, rng))
 
     def forward(self, idx):
@@ -188,6 +196,7 @@ class LayerNorm(Module):
     `bias=False` drops the shift (nanoGPT's option; slightly faster, no worse)."""
 
     def __init__(self, ndim, bias=True, eps=1e-5, dtype=np.float32):
+        _check_sizes("LayerNorm", ndim=ndim)
         self.weight = Parameter(np.ones(ndim, dtype=dtype))
         self.bias = Parameter(np.zeros(ndim, dtype=dtype)) if bias else None
         self.eps = eps
@@ -202,8 +211,7 @@ class Dropout(Module):
     without one, functional's default generator is used."""
 
     def __init__(self, p=0.0, generator=None):
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        F._check_dropout_p(p)  # here, not at the first forward: that may be far into a run
         self.p = p
         self.generator = generator
 

@@ -1,12 +1,12 @@
 """Tensor: a NumPy array that remembers how it was made, so gradients can flow back through it.
 
 This module owns the autograd engine: the `Tensor` class, the graph it builds, `backward()`, the
-grad mode (`no_grad`), and the elementwise, reduction, shape and indexing ops. Each op is one
-method: the forward computes the data with NumPy, a `_backward` closure right below it says how
-`out.grad` flows back to the inputs (the derivative stated once, in a comment), and `_result`
-wraps the data into `out`. What it leaves out: the functions of tensors (`concatenate`, `stack`,
-`where`, and the fused softmax, cross-entropy, layer norm, attention, ...): `functional.py`,
-written in the same pattern.
+grad mode (`no_grad`), anomaly mode (`detect_anomaly`), and the elementwise, reduction, shape and
+indexing ops. Each op is one method: the forward computes the data with NumPy, a `_backward`
+closure right below it says how `out.grad` flows back to the inputs (the derivative stated once,
+in a comment), and `_result` wraps the data into `out`. What it leaves out: the functions of
+tensors (`concatenate`, `stack`, `where`, and the fused softmax, cross-entropy, layer norm,
+attention, ...): `functional.py`, written in the same pattern.
 
 Conventions:
 - float32 by default; float64 is kept when given (gradient checks use it); integer tensors are
@@ -16,10 +16,12 @@ Conventions:
 - Broadcasting is undone in exactly one place: `unbroadcast`.
 """
 import contextlib
+import numbers
 
 import numpy as np
 
 _grad_enabled = True  # the grad mode; switched off inside `no_grad`
+_anomaly = False      # anomaly mode; switched on inside `detect_anomaly`
 
 
 def is_grad_enabled():
@@ -37,6 +39,36 @@ def no_grad():
         _grad_enabled = prev
 
 
+@contextlib.contextmanager
+def detect_anomaly():
+    """Inside this block, every op's output and every gradient that backward() produces is checked
+    for NaN and inf, and the first one found raises FloatingPointError naming the op (its `_op`,
+    e.g. 'log', '@', 'cross_entropy'), whether its forward or its backward made it, and the shape.
+    Like torch.autograd.detect_anomaly: slow (a pass over every array), for finding where a run
+    diverges; outside it each op pays one flag test."""
+    global _anomaly
+    prev, _anomaly = _anomaly, True
+    try:
+        yield
+    finally:
+        _anomaly = prev
+
+
+def _raise_anomaly(array, op, stage, part):
+    kind = "NaN" if np.isnan(array).any() else "inf"
+    raise FloatingPointError(f"detect_anomaly: the {stage} of '{op}' produced {kind} in {part}, "
+                             f"of shape {array.shape}")
+
+
+def _check_backward(node):
+    """Anomaly mode: the gradients that node's backward just pushed into its inputs.
+    subtle: a leaf's gradient accumulates, so one left non-finite by an earlier backward() is
+    blamed on the first op that adds to it here: zero the gradients first."""
+    for i, p in enumerate(node._prev):
+        if p.grad is not None and not np.isfinite(p.grad).all():
+            _raise_anomaly(p.grad, node._op, "backward", f"the gradient of its input {i}")
+
+
 def unbroadcast(grad, shape):
     """Sum `grad` down to `shape`, undoing NumPy broadcasting.
 
@@ -52,17 +84,32 @@ def unbroadcast(grad, shape):
     return grad.reshape(shape)
 
 
+def _axis(a, ndim):
+    """One axis (negatives count from the end) -> its index in [0, ndim). A 0-d tensor has none."""
+    if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+        raise TypeError(f"an axis must be an int, got {a!r}")
+    if not -ndim <= a < ndim:
+        raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dims")
+    return int(a) % ndim
+
+
 def _normalize_axis(axis, ndim):
     """None -> all axes; int or tuple (negatives allowed) -> sorted tuple of non-negative axes."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    out = []
-    for a in axes:
-        if not -ndim <= a < max(ndim, 1):
-            raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dims")
-        out.append(int(a) % max(ndim, 1))
-    return tuple(sorted(out))
+    axes = [_axis(a, ndim) for a in (axis if isinstance(axis, (tuple, list)) else (axis,))]
+    if len(set(axes)) < len(axes):
+        raise ValueError(f"axis {axis} names an axis twice")
+    return tuple(sorted(axes))
+
+
+def _count(shape, axes, op, ddof=0):
+    """How many elements a reduction over `axes` averages: more than ddof, or ValueError."""
+    n = int(np.prod([shape[a] for a in axes]))
+    if n <= ddof:
+        raise ValueError(f"{op}{f' with ddof={ddof}' if ddof else ''} over axes {axes} of a tensor of "
+                         f"shape {shape} needs more than {ddof} elements, got {n}")
+    return n
 
 
 def _expand(grad, shape, axes, keepdims):
@@ -140,6 +187,9 @@ class Tensor:
         out = Tensor.__new__(Tensor)
         # subtle: NumPy returns a scalar, not a 0-d array, from full reductions; keep arrays
         out.data, out.grad, out._op = np.asarray(data), None, op
+        # masked_fill is exempt: its fill value is the caller's constant (-inf: the causal mask)
+        if _anomaly and op != "masked_fill" and not np.isfinite(out.data).all():
+            _raise_anomaly(out.data, op, "forward", "its output")
         out.requires_grad = _grad_enabled and any(p.requires_grad for p in parents)
         out._prev = parents if out.requires_grad else ()
         out._backward = backward if out.requires_grad else None
@@ -172,6 +222,8 @@ class Tensor:
             grad = np.ones_like(self.data)
         else:
             grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad)
+            if grad.dtype.kind not in "fiu":
+                raise TypeError(f"grad must be a numeric array, got dtype {grad.dtype}")
             if grad.shape != self.shape:
                 raise ValueError(f"grad has shape {grad.shape} but the tensor has shape {self.shape}")
 
@@ -200,18 +252,28 @@ class Tensor:
                 continue  # a leaf: keep its gradient
             if node.grad is not None:
                 node._backward()
+                if _anomaly:
+                    _check_backward(node)
             node.grad = None  # intermediate gradients are not kept
             if not retain_graph:
                 node._prev, node._backward = (), _freed_backward
 
     # ---- arithmetic (broadcasting) ---------------------------------------------------------
     def _lift(self, other):
-        """Python scalars and arrays become constant tensors; scalars take self's dtype."""
+        """Python scalars and arrays become constant tensors; scalars and lists take self's dtype."""
         if isinstance(other, Tensor):
             return other
         if isinstance(other, np.ndarray):
             return Tensor(other)
-        return Tensor(np.asarray(other, dtype=self.dtype if self.dtype.kind == "f" else None))
+        dtype = self.dtype if self.dtype.kind == "f" else None
+        if isinstance(other, (numbers.Real, np.number, np.bool_)):
+            return Tensor(np.asarray(other, dtype=dtype))
+        # subtle: casting straight to a float dtype would turn None into NaN: look at the values first
+        arr = np.asarray(other) if isinstance(other, (list, tuple)) else None
+        if arr is None or arr.dtype.kind not in "biuf":
+            raise TypeError(f"a Tensor operand must be a Tensor, an array or a real number, "
+                            f"got {type(other).__name__} {other!r}")
+        return Tensor(arr.astype(dtype) if dtype else arr)
 
     def _binary(self, other, fn, name):
         """(other as a Tensor, fn(self.data, other.data)), naming both shapes if they do not broadcast."""
@@ -359,20 +421,23 @@ class Tensor:
 
     def mean(self, axis=None, keepdims=False):
         axes = _normalize_axis(axis, self.ndim)
-        n = int(np.prod([self.shape[a] for a in axes]))
+        n = _count(self.shape, axes, "mean")
         return self.sum(axis=axes, keepdims=keepdims) * (1.0 / n)
 
     def var(self, axis=None, keepdims=False, ddof=0):
         """Variance, sum((x - mean)^2) / (n - ddof): NumPy's default ddof=0 (ddof=1 for the
         unbiased estimate). Made of the ops above, so its gradient needs no rule of its own."""
         axes = _normalize_axis(axis, self.ndim)
-        n = int(np.prod([self.shape[a] for a in axes]))
+        n = _count(self.shape, axes, "var", ddof)
         centered = self - self.mean(axis=axes, keepdims=True)
         return (centered * centered).sum(axis=axes, keepdims=keepdims) / (n - ddof)
 
     def max(self, axis=None, keepdims=False):
         """Maximum. subtle: with ties, the gradient is split evenly among the maxima."""
         axes = _normalize_axis(axis, self.ndim)
+        if any(self.shape[a] == 0 for a in axes):
+            raise ValueError(f"max over axes {axes} of a tensor of shape {self.shape}: "
+                             "an empty axis has no maximum")
         m = self.data.max(axis=axes, keepdims=True)
 
         def _backward():  # the gradient goes to the maxima
@@ -397,17 +462,19 @@ class Tensor:
     view = reshape
 
     def permute(self, *axes):
-        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        if sorted(a % self.ndim for a in axes) != list(range(self.ndim)):
-            raise ValueError(f"permute axes {tuple(axes)} are not a permutation of {self.ndim} dims")
+        given = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        axes = [_axis(a, self.ndim) for a in given]
+        if sorted(axes) != list(range(self.ndim)):
+            raise ValueError(f"permute axes {tuple(given)} are not a permutation of {self.ndim} dims")
 
         def _backward():  # undo the permutation
-            self._accumulate(out.grad.transpose(np.argsort([a % self.ndim for a in axes])))
+            self._accumulate(out.grad.transpose(np.argsort(axes)))
         out = self._result(self.data.transpose(axes), (self,), "permute", _backward)
         return out
 
     def transpose(self, dim0=-2, dim1=-1):
         """Swap two axes (the last two by default)."""
+        dim0, dim1 = _axis(dim0, self.ndim), _axis(dim1, self.ndim)
         axes = list(range(self.ndim))
         axes[dim0], axes[dim1] = axes[dim1], axes[dim0]
         return self.permute(axes)
@@ -417,7 +484,9 @@ class Tensor:
     def split(self, indices_or_sections, axis=0):
         """np.split: N equal sections, or split points. Returns a list of tensors, each a slice
         of self (so each piece's gradient goes into its own slice, through `__getitem__`)."""
-        axis = _normalize_axis(axis, self.ndim)[0]
+        axis = _axis(axis, self.ndim)
+        if isinstance(indices_or_sections, (int, np.integer)) and indices_or_sections < 1:
+            raise ValueError(f"split needs at least 1 section, got {indices_or_sections}")
         try:
             pieces = np.split(self.data, indices_or_sections, axis=axis)  # views: for their sizes
         except ValueError as e:
@@ -445,14 +514,24 @@ class Tensor:
         return out
 
     def masked_fill(self, mask, value):
-        """Where `mask` is True (broadcast to self's shape), put `value`; elsewhere keep self."""
-        mask = np.asarray(mask.data if isinstance(mask, Tensor) else mask, dtype=bool)
+        """Where boolean `mask` is True (broadcast to self's shape), put the number `value`;
+        elsewhere keep self."""
+        mask = np.asarray(mask.data if isinstance(mask, Tensor) else mask)
+        if mask.dtype != bool:
+            raise TypeError(f"masked_fill needs a boolean mask, got dtype {mask.dtype}")
+        value = np.asarray(value.data if isinstance(value, Tensor) else value)
+        if value.ndim != 0 or value.dtype.kind not in "iuf":
+            raise TypeError(f"masked_fill value must be one real number, got {value.dtype} of shape {value.shape}")
+        if self.dtype.kind != "f" and not float(value).is_integer():  # -inf into int64 is garbage
+            raise ValueError(f"masked_fill value {value} does not fit an integer tensor ({self.dtype})")
         try:
-            data = np.where(mask, np.asarray(value, dtype=self.dtype), self.data)
-        except ValueError as e:
-            raise ValueError(f"mask of shape {mask.shape} does not broadcast to {self.shape}") from e
-        if data.shape != self.shape:
-            raise ValueError(f"mask of shape {mask.shape} does not broadcast to {self.shape}")
+            shape = np.broadcast_shapes(mask.shape, self.shape)
+        except ValueError:
+            raise ValueError(f"mask of shape {mask.shape} does not broadcast to {self.shape}") from None
+        if shape != self.shape:
+            raise ValueError(f"mask of shape {mask.shape} would broadcast the tensor of shape {self.shape} "
+                             f"up to {shape}: a mask may not add to the tensor's shape")
+        data = np.where(mask, value.astype(self.dtype), self.data)
 
         def _backward():  # filled positions no longer depend on self
             self._accumulate(np.where(mask, 0, out.grad))
