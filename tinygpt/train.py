@@ -20,8 +20,14 @@ batches, and differences between them are the model's, not sampling noise, and (
 never moves the training batch generator, so a resumed run continues exactly as an
 uninterrupted one would.
 
+Under `mpiexec -n N` the same loop trains data-parallel (distributed.py): --batch-size is the
+global batch, every rank draws it from the same generator and trains on its slice of rows, the
+gradients are averaged across ranks before clipping and the step, evaluation shares its batches
+out, and only rank 0 prints and writes files. So N processes run the very same training as one.
+
 What it leaves out: the model (model.py), the update rule (optim.py), the file formats
-(checkpoint.py, data.py, tokenizer/), and sampling from a saved checkpoint (cli.py).
+(checkpoint.py, data.py, tokenizer/), the transport (distributed.py) and sampling from a saved
+checkpoint (cli.py).
 """
 import csv
 import dataclasses
@@ -35,8 +41,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import functional
-from .checkpoint import (CKPT_FILE, TOKENIZER_FILE, check_vocab, model_config, read_checkpoint, restore,
-                         save_checkpoint)
+from . import distributed
+from .checkpoint import (CKPT_FILE, TOKENIZER_FILE, check_vocab, dropout_generators, model_config,
+                         read_checkpoint, restore, save_checkpoint)
 from .config import option, parse_config
 from .data import TokenDataset, find_text, read_text, split_text
 from .fileio import atomic_write, available_memory, lock_folder, remove_stale_temps
@@ -68,7 +75,7 @@ class TrainConfig:
     dropout: float = option(0.0, "dropout probability")
     bias: bool = option(False, "biases in Linear and LayerNorm layers")
     # optimization
-    batch_size: int = option(12, "sequences per micro-batch")
+    batch_size: int = option(12, "sequences per micro-batch, over all processes when run under mpiexec")
     grad_accum: int = option(1, "micro-batches per optimizer step")
     max_iters: int = option(2000, "optimizer steps in total")
     learning_rate: float = option(1e-3, "peak learning rate")
@@ -143,40 +150,59 @@ class Run:
     optimizer: AdamW
     data: TokenDataset
     tokenizer: object
-    rng: np.random.Generator       # draws the training batches
-    lock: object = None            # the out_dir's lock file (fileio.lock_folder), held while the run lives
+    rng: np.random.Generator       # draws the training batches (the global ones, on every rank)
+    lock: object = None            # the out_dir's lock file (fileio.lock_folder), held by rank 0 while the run lives
+    world: distributed.World = field(default_factory=distributed.World)  # this process's rank of the job
     start_iter: int = 0
     best_val: float = math.inf
     history: list = field(default_factory=list)  # [iter, train_loss, val_loss, lr] per evaluation
 
 
-def setup(cfg, log=print):
+def setup(cfg, log=print, world=None):
     """Read the data, build or reload the tokenizer and model. User mistakes (missing data, a bad
     checkpoint, a tokenizer of another vocabulary, sizes the data or the memory cannot hold)
-    raise FileNotFoundError or ValueError here, before any training step."""
+    raise FileNotFoundError or ValueError here, before any training step.
+
+    With several ranks (`world`), rank 0 alone takes the out-dir's lock and reads and writes its
+    files; it sends the text, tokenizer and checkpoint to the others, so they need no files but a
+    token folder's."""
+    world = world or distributed.World()
+    world.check_batch_size(cfg.batch_size)
     folder = cfg.data if cfg.data is not None and os.path.isdir(cfg.data) else None
-    if folder:  # ids tokenized once, memmapped (data.prepare_token_files)
-        data, text, source = TokenDataset.from_dir(folder), None, folder
-    else:
-        source = find_text(cfg.data)
-        text = read_text(source)
-    lock = lock_folder(cfg.out_dir)  # one run per folder; held until this process ends
-    remove_stale_temps(cfg.out_dir, (CKPT_FILE, TOKENIZER_FILE, CSV_FILE, PNG_FILE))
-    ckpt_path, tok_path = (os.path.join(cfg.out_dir, f) for f in (CKPT_FILE, TOKENIZER_FILE))
-    ckpt = None
-    if cfg.resume:
-        ckpt = read_checkpoint(ckpt_path)
+    data = lock = None
+
+    def read_files():  # rank 0's part
+        nonlocal data, lock
+        if folder:  # ids tokenized once, memmapped (data.prepare_token_files)
+            data, text, source = TokenDataset.from_dir(folder), None, folder
+        else:
+            source = find_text(cfg.data)
+            text = read_text(source)
+        lock = lock_folder(cfg.out_dir)  # one run per folder; held until this process ends
+        remove_stale_temps(cfg.out_dir, (CKPT_FILE, TOKENIZER_FILE, CSV_FILE, PNG_FILE))
+        ckpt_path, tok_path = (os.path.join(cfg.out_dir, f) for f in (CKPT_FILE, TOKENIZER_FILE))
+        ckpt = None
+        if cfg.resume:
+            ckpt = read_checkpoint(ckpt_path)
+            tokenizer = load_tokenizer(tok_path)
+            check_vocab(model_config(ckpt, ckpt_path), tokenizer, ckpt_path, tok_path)
+        else:
+            t0 = time.perf_counter()
+            tokenizer = load_tokenizer(data.tokenizer_path(folder)) if folder else build_tokenizer(cfg, text)
+            tokenizer.save(tok_path)  # next to the checkpoint, for sampling
+            if cfg.tokenizer == "bpe" and not folder:
+                log(f"trained a BPE tokenizer of {tokenizer.vocab_size} tokens in {time.perf_counter() - t0:.1f}s")
+        return source, text, ckpt, tokenizer
+
+    source, text, ckpt, tokenizer = world.broadcast(read_files)
+    ckpt_path = os.path.join(cfg.out_dir, CKPT_FILE)
+    if ckpt is not None:
         model_cfg = model_config(ckpt, ckpt_path)
-        tokenizer = load_tokenizer(tok_path)
-        check_vocab(model_cfg, tokenizer, ckpt_path, tok_path)
     else:
-        t0 = time.perf_counter()
-        tokenizer = load_tokenizer(data.tokenizer_path(folder)) if folder else build_tokenizer(cfg, text)
-        tokenizer.save(tok_path)  # next to the checkpoint, for sampling
-        if cfg.tokenizer == "bpe" and not folder:
-            log(f"trained a BPE tokenizer of {tokenizer.vocab_size} tokens in {time.perf_counter() - t0:.1f}s")
         model_cfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+    if folder and data is None:  # ranks > 0 open the token folder themselves: it is not sent
+        data = TokenDataset.from_dir(folder)
     if folder and data.meta["vocab_size"] != tokenizer.vocab_size:
         raise ValueError(f"{os.path.join(folder, 'meta.json')} says its ids are from a vocabulary of "
                          f"{data.meta['vocab_size']} tokens, but the tokenizer has {tokenizer.vocab_size}")
@@ -188,7 +214,7 @@ def setup(cfg, log=print):
                              f"block_size {model_cfg.block_size}; use a smaller --block-size or more text")
     log(f"data: {source} -> {len(data.splits['train']):,} train and {len(data.splits['val']):,} val tokens "
         f"({type(tokenizer).__name__}, vocab {tokenizer.vocab_size})")
-    check_memory(model_cfg, cfg.batch_size)
+    check_memory(model_cfg, cfg.batch_size // world.size)
 
     keep_freed_memory()  # reuse freed activation memory step after step (runtime.py says why)
     functional.manual_seed(cfg.seed)
@@ -196,7 +222,7 @@ def setup(cfg, log=print):
     optimizer = AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                       weight_decay=cfg.weight_decay)
     # subtle: a seed sequence [seed, 1] gives a stream independent of the weights' (seeded `seed`)
-    run = Run(model, optimizer, data, tokenizer, np.random.default_rng([cfg.seed, 1]), lock)
+    run = Run(model, optimizer, data, tokenizer, np.random.default_rng([cfg.seed, 1]), lock, world=world)
     if ckpt is not None:
         restore(ckpt, model, optimizer, run.rng, ckpt_path)
         history, best = ckpt.extra.get("history"), ckpt.extra.get("best_val_loss")
@@ -205,9 +231,16 @@ def setup(cfg, log=print):
             raise ValueError(f"{ckpt_path} has no loss history: was it written by tinygpt train?")
         run.start_iter, run.history, run.best_val = ckpt.iter_num, history, best
         log(f"resuming from {ckpt_path} at iteration {run.start_iter} (best val loss {run.best_val:.4f})")
+    if world.rank > 0 and model_cfg.dropout > 0:
+        # subtle: the same seed on every rank would drop the same units on every slice of the
+        # batch; so ranks > 0 draw their own masks, and a run with dropout matches one process
+        # in distribution only (and resumes exactly only on rank 0, whose states are saved)
+        for i, g in enumerate(dropout_generators(model)):
+            g.bit_generator.state = np.random.default_rng([cfg.seed, 3, world.rank, run.start_iter, i]).bit_generator.state
     c = model_cfg
     log(f"model: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} channels, context {c.block_size}: "
-        f"{model.num_params() / 1e6:.2f}M parameters")
+        f"{model.num_params() / 1e6:.2f}M parameters" +
+        (f"; {world.size} processes, {cfg.batch_size // world.size} sequences each" if world.size > 1 else ""))
     return run
 
 
@@ -229,31 +262,43 @@ def mean_loss(model, batch_list):
 
 def estimate_loss(run, cfg):
     """Mean loss over `eval_iters` batches of each split, on the same batches every time (see
-    the module docstring)."""
-    out = {}
+    the module docstring). With several ranks, rank r scores batches r, r + size, ... whole, and
+    the sum is shared: the same batches and numbers as one process."""
+    out, world = {}, run.world
     for i, split in enumerate(("train", "val")):
         rng = np.random.default_rng([cfg.seed, 2, i])
-        out[split] = mean_loss(run.model, [model_batch(run, split, cfg.batch_size, rng) for _ in range(cfg.eval_iters)])
+        batch_list = [model_batch(run, split, cfg.batch_size, rng) for _ in range(cfg.eval_iters)]
+        mine = batch_list[world.rank::world.size]
+        out[split] = world.sum(mean_loss(run.model, mine) * len(mine) if mine else 0.0) / cfg.eval_iters
     return out
 
 
-def train_step(model, optimizer, micro_batches, grad_clip=0.0):
+def train_step(model, optimizer, micro_batches, grad_clip=0.0, world=None):
     """One optimizer step: zero the gradients, forward and backward each micro-batch (a dict of
     `model(...)`'s keyword arguments), clip the global gradient norm to `grad_clip` (0: no
     clipping), step. Returns (mean loss, gradient norm before clipping, NaN when not clipping).
 
     A non-finite loss or gradient norm raises FloatingPointError before the step, so the weights
     stay as they were. Every trainer runs this: train.py's loop and both fine-tuning examples.
+    With a `world` of several ranks (distributed.py), each holds its slice of every micro-batch
+    and the gradients are averaged over the ranks once, after the last backward.
     """
+    parallel = world is not None and world.size > 1
     optimizer.zero_grad()
     n, total = len(micro_batches), 0.0
     for batch in micro_batches:
         _, loss = model(**batch)
-        if not math.isfinite(loss.item()):
+        # subtle: one rank alone must not stop, or the others wait for it in the allreduce; in
+        # parallel the global loss is checked below, on every rank alike
+        if not parallel and not math.isfinite(loss.item()):
             raise FloatingPointError(f"the loss is {loss.item()}")
         # gradients add up over micro-batches, so scale each by 1/n to get the mean's gradient
         (loss * (1.0 / n) if n > 1 else loss).backward()
         total += loss.item()
+    if parallel:
+        total = world.average_gradients(optimizer, total / n) * n
+        if not math.isfinite(total):
+            raise FloatingPointError(f"the loss is {total / n}")
     norm = clip_grad_norm(model.parameters(), grad_clip) if grad_clip > 0 else float("nan")
     if grad_clip > 0 and not math.isfinite(norm):
         raise FloatingPointError(f"the gradient norm is {norm}")
@@ -282,25 +327,30 @@ def train(cfg, run, log=print):
             saved = ""
             if losses["val"] < run.best_val or cfg.always_save:
                 run.best_val = min(run.best_val, losses["val"])
-                save(run, cfg, it)
+                if run.world.rank == 0:
+                    save(run, cfg, it)
                 saved = f" -> saved {CKPT_FILE}"
             log(f"eval {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{saved}")
-            write_history(run.history, cfg.out_dir)
+            if run.world.rank == 0:
+                write_history(run.history, cfg.out_dir)
         if it == cfg.max_iters:
             break
         t0 = time.perf_counter()
         run.optimizer.lr = lr_at(it)
-        micro_batches = [model_batch(run, "train", cfg.batch_size, run.rng) for _ in range(cfg.grad_accum)]
+        # every rank draws the global batch, then keeps its rows (so 1 and N ranks see the same data)
+        micro_batches = [run.world.shard(model_batch(run, "train", cfg.batch_size, run.rng))
+                         for _ in range(cfg.grad_accum)]
         try:
-            loss, norm = train_step(run.model, run.optimizer, micro_batches, cfg.grad_clip)
+            loss, norm = train_step(run.model, run.optimizer, micro_batches, cfg.grad_clip, run.world)
         except FloatingPointError as e:
             raise FloatingPointError(f"iteration {it}: {e}") from None
         window_time += time.perf_counter() - t0
         window_iters += 1
         if it % cfg.log_interval == 0 or it == cfg.max_iters - 1:
             per_iter = window_time / window_iters
+            ranks = f"{run.world.size} ranks | " if run.world.size > 1 else ""  # tok/s: the whole job's
             log(f"iter {it}/{cfg.max_iters}: loss {loss:.4f} | lr {lr_at(it):.2e} | norm {norm:.2f} | "
-                f"{per_iter * 1e3:.1f} ms/iter | {tokens_per_iter / per_iter:,.0f} tok/s | "
+                f"{per_iter * 1e3:.1f} ms/iter | {ranks}{tokens_per_iter / per_iter:,.0f} tok/s | "
                 f"eta {format_seconds(per_iter * (cfg.max_iters - it - 1))}")
             window_time, window_iters = 0.0, 0
     return run
@@ -357,20 +407,38 @@ def sample_text(model, tokenizer, prompt="\n", max_new_tokens=300, temperature=0
 def main(argv=None):
     cfg = parse_config(TrainConfig, argv, prog="tinygpt train", description="Train a GPT on a text file.")
     try:
-        run = setup(cfg)
-    except (FileNotFoundError, ValueError) as e:
+        world = distributed.world()
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    log = print if world.rank == 0 else (lambda *args, **kwargs: None)  # only rank 0 speaks
+    run, error = None, None
     try:
-        train(cfg, run)
+        run = setup(cfg, log, world)
+    except (FileNotFoundError, ValueError) as e:
+        error = e
+    error = world.first_error(error)  # every rank stops if any rank could not set up
+    if error is not None:
+        if world.rank == 0:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        train(cfg, run, log)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the best checkpoint so far is in {cfg.out_dir}/, continue with --resume",
-              file=sys.stderr)
+        if world.rank == 0:
+            print(f"\ninterrupted; the best checkpoint so far is in {cfg.out_dir}/, continue with --resume",
+                  file=sys.stderr)
+        world.abort(130)  # a rank may be inside an allreduce, waiting for this one
         return 130
     except FloatingPointError as e:  # diverged: try a lower --learning-rate, or --grad-clip
-        print(f"error: training diverged at {e}; stopped without saving (the last good checkpoint in "
-              f"{cfg.out_dir}/ is unchanged). tinygpt.detect_anomaly() names the op that made it.", file=sys.stderr)
+        # (on every rank alike: the losses and the norm it checks are the global ones)
+        if world.rank == 0:
+            print(f"error: training diverged at {e}; stopped without saving (the last good checkpoint in "
+                  f"{cfg.out_dir}/ is unchanged). tinygpt.detect_anomaly() names the op that made it.",
+                  file=sys.stderr)
         return 1
+    if world.rank > 0:
+        return 0
     print(f"best val loss {run.best_val:.4f}; checkpoint, tokenizer and {CSV_FILE} in {cfg.out_dir}/")
     if cfg.sample_tokens:
         print(f"--- sample ({cfg.sample_tokens} tokens) ---")
