@@ -124,6 +124,16 @@ def test_matmul_few_rows_long_k_runs_transposed(out_layout, accumulate):
     close(c - before, ref.matmul(a, b, bias=bias), np.float32, k=K, scale=np.sqrt(K))
 
 
+@pytest.mark.parametrize("m", [ref, jit], ids=["numpy", "numba"])
+def test_matmul_with_an_empty_inner_dimension_is_zero_plus_bias(m):
+    a, b, bias = np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32), np.arange(4, dtype=np.float32)
+    np.testing.assert_array_equal(m.matmul(a, b), np.zeros((3, 4)))
+    np.testing.assert_array_equal(m.matmul(a, b, bias=bias), np.tile(bias, (3, 1)))
+    out = np.ones((3, 4), np.float32)
+    m.matmul(a, b, out=out, accumulate=True)
+    np.testing.assert_array_equal(out, np.ones((3, 4)))  # += nothing
+
+
 def test_matmul_rejects_bad_shapes():
     for m in (ref, jit):
         with pytest.raises(ValueError, match=r"\(3, 4\) @ \(5, 6\)"):

@@ -53,6 +53,12 @@ def matmul(a, b, out=None, bias=None, accumulate=False):
     optimizer's buffer)."""
     M, K = a.shape[-2:]
     N = b.shape[-1]
+    if K == 0:  # an empty sum is 0: the tile loops below would write nothing at all
+        c = np.zeros(a.shape[:-1] + (N,), a.dtype) + (0 if bias is None else bias)
+        if out is None:
+            return c
+        out[...] = out + c if accumulate else c
+        return out
     if a.ndim == 2 and M <= SWAP_M and M < N < K:
         # Few rows and a long inner dimension (a GPT-2 step's products at T = 128, the weight
         # gradients x^T dy of narrow layers): packing B, K x N, costs more than the M rows that
