@@ -13,7 +13,8 @@ import numbers
 import numpy as np
 
 from . import kernels
-from .tensor import Tensor, _axis, is_grad_enabled, unbroadcast
+from .autograd import _axis, is_grad_enabled, unbroadcast
+from .tensor import Tensor
 
 _rng = np.random.default_rng()  # dropout's default generator; reseed with `manual_seed`
 

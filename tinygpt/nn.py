@@ -20,7 +20,8 @@ import contextlib
 import numpy as np
 
 from . import functional as F
-from .tensor import Tensor, no_grad
+from .autograd import no_grad
+from .tensor import Tensor
 
 
 class Parameter(Tensor):

@@ -1,8 +1,8 @@
 """Tensor: a NumPy array that remembers how it was made, so gradients can flow back through it.
 
-This module owns the autograd engine: the `Tensor` class, the graph it builds, `backward()`, the
-grad mode (`no_grad`), anomaly mode (`detect_anomaly`), and the elementwise, reduction, shape and
-indexing ops. Each op is one method: the forward computes the data with NumPy, a `_backward`
+This module owns the autograd engine: the `Tensor` class, the graph it builds, `backward()`, and
+the elementwise, reduction, shape and indexing ops (the grad and anomaly modes and the
+broadcasting helpers they share are in autograd.py). Each op is one method: the forward computes the data with NumPy, a `_backward`
 closure right below it says how `out.grad` flows back to the inputs (the derivative stated once,
 in a comment), and `_result` wraps the data into `out`. What it leaves out: the functions of
 tensors (`concatenate`, `stack`, `where`, and the fused softmax, cross-entropy, layer norm,
@@ -15,114 +15,12 @@ Conventions:
   zeroed. Gradients of intermediate tensors are freed as soon as they have been passed on.
 - Broadcasting is undone in exactly one place: `unbroadcast`.
 """
-import contextlib
 import numbers
 
 import numpy as np
 
-_grad_enabled = True  # the grad mode; switched off inside `no_grad`
-_anomaly = False      # anomaly mode; switched on inside `detect_anomaly`
-
-
-def is_grad_enabled():
-    return _grad_enabled
-
-
-@contextlib.contextmanager
-def no_grad():
-    """Record no graph inside this block. Works as `with no_grad():` and as `@no_grad()`."""
-    global _grad_enabled
-    prev, _grad_enabled = _grad_enabled, False
-    try:
-        yield
-    finally:
-        _grad_enabled = prev
-
-
-@contextlib.contextmanager
-def detect_anomaly():
-    """Inside this block, every op's output and every gradient that backward() produces is checked
-    for NaN and inf, and the first one found raises FloatingPointError naming the op (its `_op`,
-    e.g. 'log', '@', 'cross_entropy'), whether its forward or its backward made it, and the shape.
-    Like torch.autograd.detect_anomaly: slow (a pass over every array), for finding where a run
-    diverges; outside it each op pays one flag test."""
-    global _anomaly
-    prev, _anomaly = _anomaly, True
-    try:
-        yield
-    finally:
-        _anomaly = prev
-
-
-def _raise_anomaly(array, op, stage, part):
-    kind = "NaN" if np.isnan(array).any() else "inf"
-    raise FloatingPointError(f"detect_anomaly: the {stage} of '{op}' produced {kind} in {part}, "
-                             f"of shape {array.shape}")
-
-
-def _check_backward(node):
-    """Anomaly mode: the gradients that node's backward just pushed into its inputs.
-    subtle: a leaf's gradient accumulates, so one left non-finite by an earlier backward() is
-    blamed on the first op that adds to it here: zero the gradients first."""
-    for i, p in enumerate(node._prev):
-        if p.grad is not None and not np.isfinite(p.grad).all():
-            _raise_anomaly(p.grad, node._op, "backward", f"the gradient of its input {i}")
-
-
-def unbroadcast(grad, shape):
-    """Sum `grad` down to `shape`, undoing NumPy broadcasting.
-
-    Example: x of shape (3, 1) + y of shape (4,) broadcasts to (3, 4); the gradient for x is the
-    (3, 4) gradient summed over axis 1 (kept), and for y summed over axis 0 (dropped).
-    """
-    if grad.shape == shape:
-        return grad
-    extra = grad.ndim - len(shape)  # leading axes that broadcasting added
-    axes = tuple(range(extra)) + tuple(
-        i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1)
-    grad = grad.sum(axis=axes, keepdims=True) if axes else grad
-    return grad.reshape(shape)
-
-
-def _axis(a, ndim):
-    """One axis (negatives count from the end) -> its index in [0, ndim). A 0-d tensor has none."""
-    if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
-        raise TypeError(f"an axis must be an int, got {a!r}")
-    if not -ndim <= a < ndim:
-        raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dims")
-    return int(a) % ndim
-
-
-def _normalize_axis(axis, ndim):
-    """None -> all axes; int or tuple (negatives allowed) -> sorted tuple of non-negative axes."""
-    if axis is None:
-        return tuple(range(ndim))
-    axes = [_axis(a, ndim) for a in (axis if isinstance(axis, (tuple, list)) else (axis,))]
-    if len(set(axes)) < len(axes):
-        raise ValueError(f"axis {axis} names an axis twice")
-    return tuple(sorted(axes))
-
-
-def _count(shape, axes, op, ddof=0):
-    """How many elements a reduction over `axes` averages: more than ddof, or ValueError."""
-    n = int(np.prod([shape[a] for a in axes]))
-    if n <= ddof:
-        raise ValueError(f"{op}{f' with ddof={ddof}' if ddof else ''} over axes {axes} of a tensor of "
-                         f"shape {shape} needs more than {ddof} elements, got {n}")
-    return n
-
-
-def _expand(grad, shape, axes, keepdims):
-    """Broadcast the gradient of a reduction over `axes` back to the input's `shape`."""
-    if not keepdims:
-        grad = np.expand_dims(grad, axes)
-    return np.broadcast_to(grad, shape)
-
-
-def _freed_backward():
-    raise RuntimeError("backward through a graph that was already freed: "
-                       "call backward(retain_graph=True) the first time to go through it twice")
-
+from . import autograd
+from .autograd import _axis, _check_backward, _count, _expand, _freed_backward, _normalize_axis, _raise_anomaly, unbroadcast
 
 class Tensor:
     """An n-dimensional array with reverse-mode autodiff. `.data` is the np.ndarray."""
@@ -188,9 +86,9 @@ class Tensor:
         # subtle: NumPy returns a scalar, not a 0-d array, from full reductions; keep arrays
         out.data, out.grad, out._op = np.asarray(data), None, op
         # masked_fill is exempt: its fill value is the caller's constant (-inf: the causal mask)
-        if _anomaly and op != "masked_fill" and not np.isfinite(out.data).all():
+        if autograd.is_anomaly_enabled() and op != "masked_fill" and not np.isfinite(out.data).all():
             _raise_anomaly(out.data, op, "forward", "its output")
-        out.requires_grad = _grad_enabled and any(p.requires_grad for p in parents)
+        out.requires_grad = autograd.is_grad_enabled() and any(p.requires_grad for p in parents)
         out._prev = parents if out.requires_grad else ()
         out._backward = backward if out.requires_grad else None
         return out
@@ -252,7 +150,7 @@ class Tensor:
                 continue  # a leaf: keep its gradient
             if node.grad is not None:
                 node._backward()
-                if _anomaly:
+                if autograd.is_anomaly_enabled():
                     _check_backward(node)
             node.grad = None  # intermediate gradients are not kept
             if not retain_graph:
