@@ -20,7 +20,8 @@ from tinygpt.fileio import file_in_folder, lock_folder, remove_stale_temps
 from tinygpt.finetune import read_instructions
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.tokenizer import CharTokenizer
-from tinygpt.train import TrainConfig, check_memory
+from tinygpt.runtime import check_memory
+from tinygpt.train import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",

@@ -47,3 +47,18 @@ def test_a_link_at_the_target_is_replaced_not_followed(tmp_path):
     atomic_write(str(path), lambda f: f.write(b"new"))
     assert victim.read_bytes() == b"keep me"
     assert not path.is_symlink() and path.read_bytes() == b"new"
+
+
+def test_a_link_planted_at_the_temp_name_is_not_followed(tmp_path, monkeypatch):
+    """The temp file is created exclusively: a symlink waiting at the name it would take (the old
+    predictable `.f.<pid>.tmp`, or the first name mkstemp tries) is skipped, never written through."""
+    import tempfile
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"keep me")
+    path = tmp_path / "ckpt.npz"
+    os.symlink(victim, tmp_path / f".ckpt.npz.{os.getpid()}.tmp")   # the old scheme's name
+    os.symlink(victim, tmp_path / ".ckpt.npz.planted.tmp")          # the name mkstemp tries first
+    names = iter(["planted", "fresh"])
+    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: names)
+    atomic_write(str(path), lambda f: f.write(b"new"))
+    assert victim.read_bytes() == b"keep me" and path.read_bytes() == b"new" and not path.is_symlink()

@@ -31,8 +31,9 @@ import zipfile
 import numpy as np
 
 from . import functional
-from .fileio import atomic_write, available_memory, file_in_folder
+from .fileio import atomic_write, file_in_folder
 from .model import GPT, GPTConfig
+from .runtime import available_memory
 from .tokenizer import BPETokenizer, load_tokenizer
 
 FORMAT, VERSION = "tinygpt-checkpoint", 1

@@ -4,7 +4,8 @@ tinygpt goes through (checkpoints, tokenizers, token files, Hugging Face folders
 `atomic_write(path, write)`: `write(f)` fills a new temp file in the same folder, which is
 fsynced and then renamed over `path` (os.replace), so a reader, a crash or a full disk sees
 either the old file or the new one, never a mix. `lock_folder` keeps two runs out of one
-folder, and `remove_stale_temps` clears what a killed write left behind.
+folder, and `remove_stale_temps` clears what a killed write left behind. `file_in_folder` keeps
+a file name read from a file inside its folder.
 
 What it leaves out: reading files (each format's own module) and deciding when to save.
 """
@@ -83,19 +84,3 @@ def file_in_folder(folder, name, source):
                          f"got {str(name)[:80]!r}")
     return os.path.join(folder, name)
 
-
-def available_memory():
-    """Bytes of memory this process could still allocate, as Linux's MemAvailable counts it (the
-    physical memory elsewhere; None where neither is known). Readers check a file's declared
-    sizes against it before inflating anything."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None

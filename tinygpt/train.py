@@ -46,11 +46,11 @@ from .checkpoint import (CKPT_FILE, TOKENIZER_FILE, check_vocab, dropout_generat
                          read_checkpoint, restore, save_checkpoint)
 from .config import option, parse_config
 from .data import TokenDataset, find_text, read_text, split_text
-from .fileio import atomic_write, available_memory, lock_folder, remove_stale_temps
+from .fileio import atomic_write, lock_folder, remove_stale_temps
 from .model import GPT, GPTConfig
 from .nn import evaluating
 from .optim import AdamW, clip_grad_norm, get_lr
-from .runtime import keep_freed_memory
+from .runtime import check_memory, keep_freed_memory
 from .tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 
 CSV_FILE, PNG_FILE = "losses.csv", "losses.png"
@@ -116,21 +116,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------- setup
-
-def check_memory(config, batch_size, available=None):
-    """Refuse a model that cannot train in this machine's memory, before allocating it. The
-    estimate: weights, gradients and AdamW's two moments (4 float32 numbers a parameter), plus
-    the activations a step keeps for backward (about 34 numbers per layer, position and
-    channel, and the logits and their gradient)."""
-    C, L, V, T = config.n_embd, config.n_layer, config.vocab_size, config.block_size
-    n_params = V * C + T * C + L * (12 * C * C + 13 * C)
-    need = 4 * (4 * n_params + batch_size * T * (34 * L * C + 2 * V))
-    available = available_memory() if available is None else available
-    if available is not None and need > available:
-        raise ValueError(f"this model ({n_params / 1e6:,.0f}M parameters, batch {batch_size} x {T}) needs about "
-                         f"{need / 1e9:,.1f} GB to train, but {available / 1e9:.1f} GB of memory is available; "
-                         "use a smaller --n-embd, --n-layer, --block-size or --batch-size")
-
 
 def build_tokenizer(cfg, text):
     """A fresh tokenizer of the kind `cfg.tokenizer` names."""
