@@ -16,10 +16,20 @@ drift on a shared machine hits both alike; the median of --repeats runs is repor
   (`ascii_split` in tinygpt/tokenizer/split.py); the "non-ASCII" rows encode it with every '
   replaced by ’, which forces the `regex` path, against tiktoken on that same text.
 
+- With --long, only long chunks instead (issue 18): texts that GPT-2's split leaves as one
+  long chunk, as it does CJK text and minified code, and for contrast two that it cuts into
+  many short ones (random bytes, base64), at 10k, 100k and 1M characters. GPT-2 encoding
+  seconds (median of --repeats), tinygpt with a cold chunk cache against tiktoken,
+  interleaved, and the ids checked equal.
+
     python benchmarks/bench_tokenizer.py                  # data from $TINYGPT_DATA_DIR
     python benchmarks/bench_tokenizer.py --data ../shared/data --repeats 5 --json out.json
+    python benchmarks/bench_tokenizer.py --long --repeats 3
+    PYTHONPATH=/tmp/old python benchmarks/bench_tokenizer.py --long --lengths 10000 100000
+        # another version of tinygpt (`git archive <commit> | tar -x -C /tmp/old`)
 """
 import argparse
+import base64
 import json
 import os
 import statistics
@@ -68,6 +78,59 @@ def hf_train(text, vocab_size):
     return tok
 
 
+def long_chunks(n, rng):
+    """Texts of n characters that GPT-2's split cuts into one chunk, or a few long ones."""
+    import numpy as np
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    return {"a repeated": "a" * n, "ab repeated": "ab" * (n // 2),
+            "random letters": "".join(rng.choice(letters, n)),
+            "random CJK": "".join(map(chr, rng.integers(0x4E00, 0xA000, n))),
+            "random bytes (latin-1)": bytes(rng.integers(0, 256, n, np.uint8)).decode("latin-1"),
+            "base64": base64.b64encode(bytes(rng.integers(0, 256, n * 3 // 4, np.uint8))).decode(),
+            "spaces": " " * n, "whitespace mix": "".join(rng.choice(list(" \t\n"), n))}
+
+
+def long_table(args, enc_json, vocab_bpe):
+    """The --long mode: seconds to encode each long text, tinygpt (cold cache) vs tiktoken."""
+    import numpy as np
+    from tinygpt.tokenizer import BPETokenizer
+    tok, tt = BPETokenizer.from_gpt2(enc_json, vocab_bpe), build_tiktoken(enc_json)
+    tok.encode_ordinary("x" * 5000)  # one chunk to merge: numba's one-time load, not timed
+    rows = []
+    for n in args.lengths:
+        for kind, text in long_chunks(n, np.random.default_rng(n)).items():
+            ours, theirs = [], []
+            for _ in range(args.repeats):
+                tok._cache.clear()  # cold: every chunk is merged
+                t, ids = timed(lambda: tok.encode_ordinary(text))
+                ours.append(t)
+                t, ids_tt = timed(lambda: tt.encode_ordinary(text))
+                theirs.append(t)
+                assert ids == ids_tt, f"tinygpt and tiktoken disagree on {kind} x {n}"
+            rows.append((kind, n, len(tok._chunks(text)), statistics.median(ours),
+                         statistics.median(theirs)))
+    print(f"GPT-2 encoding of long chunks, seconds, median of {args.repeats}; tinygpt with a "
+          f"cold chunk cache")
+    print(f"{'chunk kind':<24}{'length':>10}{'chunks':>8}{'tinygpt s':>11}{'tiktoken s':>12}"
+          f"{'tinygpt/tiktoken':>18}")
+    for kind, n, chunks, ours, theirs in rows:
+        print(f"{kind:<24}{n:>10,}{chunks:>8,}{ours:>11.4f}{theirs:>12.4f}{ours / theirs:>17.2f}x")
+    # the targets are for one long chunk; text of many chunks runs at the cold-cache speed
+    if 1_000_000 in args.lengths:
+        worst = max(ours for _, n, chunks, ours, _ in rows if n == 1_000_000 and chunks == 1)
+        print(f"target one 1M-character chunk <= 1 s: slowest {worst:.3f} s "
+              f"{'holds' if worst <= 1 else 'MISSED'}")
+    if 100_000 in args.lengths:
+        worst = max(ours / theirs for _, n, _, ours, theirs in rows if n == 100_000)
+        print(f"target 100k characters within 20x of tiktoken: worst {worst:.2f}x "
+              f"{'holds' if worst <= 20 else 'MISSED'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"repeats": args.repeats, "rows": [
+                {"kind": k, "length": n, "chunks": c, "tinygpt_s": a, "tiktoken_s": b}
+                for k, n, c, a, b in rows]}, f, indent=2)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=os.environ.get("TINYGPT_DATA_DIR"),
@@ -75,10 +138,18 @@ def main():
                              "$TINYGPT_DATA_DIR)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--long", action="store_true",
+                        help="time long chunks (10k to 1M characters) instead")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
+                        help="with --long: the text lengths, in characters")
     args = parser.parse_args()
     if not args.data:
         parser.error("pass --data or set TINYGPT_DATA_DIR")
     from tinygpt.tokenizer import GPT2_SPLIT_PATTERN, BPETokenizer
+    if args.long:
+        long_table(args, os.path.join(args.data, "gpt2", "encoder.json"),
+                   os.path.join(args.data, "gpt2", "vocab.bpe"))
+        return
 
     with open(os.path.join(args.data, "tinyshakespeare.txt"), encoding="utf-8") as f:
         text = f.read()

@@ -1,5 +1,6 @@
 """Tests for BPETokenizer (tinygpt/tokenizer/bpe.py, split.py): GPT-2 exactness against
-tiktoken, round trips, tiktoken agreement of trained tokenizers, and bad input of every kind.
+tiktoken (on long chunks too, which must encode in near-linear time), round trips, tiktoken
+agreement of trained tokenizers, split patterns that are refused, and bad input of every kind.
 
 This file also holds what the other tokenizer tests share: texts, the corpus, the fixtures.
 test_tokenizer_basic.py checks the fast trainer and encoder against the naive ones,
@@ -10,6 +11,7 @@ those same files, so no test needs the network.
 """
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinygpt.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BPETokenizer
-from tinygpt.tokenizer.split import ascii_split
+from tinygpt.tokenizer.split import Splitter, ascii_split
 
 DATA_DIR = os.environ.get("TINYGPT_DATA_DIR")
 NO_DATA = ("TINYGPT_DATA_DIR is not set (it holds gpt2/encoder.json, gpt2/vocab.bpe and "
@@ -185,6 +187,42 @@ def test_lone_surrogates_are_replaced_like_tiktoken(gpt2, tt_gpt2):
     assert gpt2.encode(text) == tt_gpt2.encode(text)
 
 
+def long_chunks(n):
+    """Texts of n characters that GPT-2's split leaves as one long chunk, as it leaves CJK text
+    and minified code, and random bytes, which it cuts into many short ones."""
+    rng = np.random.default_rng(n)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    return {"a": "a" * n, "ab": "ab" * (n // 2), "letters": "".join(rng.choice(letters, n)),
+            "cjk": "".join(map(chr, rng.integers(0x4E00, 0xA000, n))),
+            "bytes": bytes(rng.integers(0, 256, n, np.uint8)).decode("latin-1"),
+            "spaces": " " * n, "whitespace": "".join(rng.choice(list(" \t\n"), n))}
+
+
+@pytest.mark.parametrize("kind", list(long_chunks(1)))
+def test_gpt2_long_chunks_match_tiktoken(gpt2, tt_gpt2, kind):
+    text = long_chunks(100_000)[kind]  # chunks new to the cache: they are merged
+    assert gpt2.encode_ordinary(text) == tt_gpt2.encode_ordinary(text)
+
+
+def test_gpt2_long_chunks_python_path_matches_tiktoken(tt_gpt2, monkeypatch):
+    import tinygpt.tokenizer.bpe as bpe_module
+    monkeypatch.setattr(bpe_module, "_NUMBA_MIN_BYTES", 10**9)  # encoding.encode_heap does it all
+    tok = BPETokenizer.from_gpt2()
+    for text in long_chunks(20_000).values():
+        assert tok.encode_ordinary(text) == tt_gpt2.encode_ordinary(text)
+
+
+def test_gpt2_million_character_chunk_is_not_quadratic(tt_gpt2):
+    tok = BPETokenizer.from_gpt2()
+    tok.encode_ordinary("x" * 5000)  # a chunk to merge: numba's kernel loads outside the clock
+    text = long_chunks(1_000_000)["letters"]
+    t0 = time.perf_counter()
+    ids = tok.encode_ordinary(text)
+    seconds = time.perf_counter() - t0
+    assert ids == tt_gpt2.encode_ordinary(text)
+    assert seconds < 10, f"{seconds:.1f} s: the merge loop looks quadratic again"  # generous: CI
+
+
 # --- round trips and tiktoken agreement of trained tokenizers ----------------------------------
 
 @settings(max_examples=100)
@@ -260,6 +298,48 @@ def test_bad_input_raises(trained):
         BPETokenizer().train("text", "300")
     with pytest.raises(ValueError, match="pattern"):
         BPETokenizer("(")
+
+
+def test_patterns_that_lose_text_or_have_groups_are_refused():
+    for bad, match in [(r"(a+)+$", "capturing group"), (r"\p{L}+", "loses characters"),
+                       ("", "loses characters"), (r"(?<=a)", "loses characters"),
+                       (r"\p{Zzz}", "invalid split pattern")]:
+        with pytest.raises(ValueError, match=match):
+            BPETokenizer(bad)
+    with pytest.raises(TypeError):
+        BPETokenizer(None)
+
+
+def test_catastrophic_pattern_is_refused_within_seconds():
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"took over 1\.0 s.*backtracking"):
+        BPETokenizer(r"(?:a|a)+$|[\s\S]")  # exponential on the probe's run of a's
+    assert time.perf_counter() - t0 < 5
+
+
+def test_catastrophic_pattern_times_out_on_encode():
+    tok = BPETokenizer(r"(?:q|q)+$|[\s\S]")  # the probe has no run of q's, so this loads
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"took over 1\.0 s on a text of 41 characters"):
+        tok.encode("q" * 40 + "!")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_nested_quantifier_runs_on_regex_not_re():
+    # (a+)+$ backtracks exponentially in the built-in `re` (which has no timeout) but not in
+    # `regex`: only the trusted GPT-2/GPT-4 patterns may take the `re` path on ASCII text
+    tok = BPETokenizer(r"(?:a+)+$|[\s\S]")
+    t0 = time.perf_counter()
+    text = "a" * 28 + "b"
+    assert tok.decode(tok.encode(text)) == text
+    assert time.perf_counter() - t0 < 5
+
+
+@settings(max_examples=100)
+@given(text=texts)
+def test_untrusted_pattern_splits_as_regex(text):
+    pattern = pytest.importorskip("tiktoken_ext.openai_public").r50k_pat_str  # GPT-2's, respelled
+    assert Splitter(pattern)(text) == regex.findall(pattern, text)
 
 
 def test_special_token_errors():

@@ -2,10 +2,12 @@
 
 char.py      `CharTokenizer`: one id per distinct character (char-level Shakespeare)
 basic.py     naive byte-pair encoding: `get_stats`, `merge`, the textbook trainer and encoder
-split.py     the regexes of GPT-2 and GPT-4 that cut text into chunks before merging
+split.py     the regexes of GPT-2 and GPT-4 that cut text into chunks, and the checks that
+             refuse a pattern that loses text or backtracks without end
 bpe.py       `BPETokenizer`: byte-level BPE, trained or GPT-2's, exactly as tiktoken encodes
 training.py  the fast trainer: basic.py's merges, without recounting the text for each merge
-fast.py      the numba encoder: basic.py's tokens, for a whole batch of chunks in one call
+encoding.py  the fast encoder: basic.py's tokens in O(n log n), a linked list and a heap
+fast.py      the numba encoder: encoding.py's loop, for a whole batch of chunks in one call
 files.py     the file formats, and GPT-2's encoder.json and vocab.bpe
 """
 from .bpe import BPETokenizer

@@ -1,10 +1,11 @@
 """Naive byte-pair encoding: the textbook algorithm, short and plainly right, as in minbpe.
 
 This module owns the reference version of both halves of BPE. `train_naive` recounts every pair
-of every chunk before each merge; `encode_naive` merges one chunk's bytes a pair at a time.
-`training.py` (the fast trainer) and `fast.py` (the numba encoder) compute the same merges and
-the same tokens, and the tests check that they do. Cutting text into chunks, special tokens and
-files are left to `bpe.py`; a chunk is one piece of the cut, and no merge crosses two of them.
+of every chunk before each merge; `encode_naive` rescans one chunk's pairs before each merge,
+O(n^2) for n bytes. `training.py` (the fast trainer), `encoding.py` (the heap encoder) and
+`fast.py` (its numba version) compute the same merges and the same tokens, and the tests check
+that they do. Cutting text into chunks, special tokens and files are left to `bpe.py`; a chunk
+is one piece of the cut, and no merge crosses two of them.
 
 Training: start from the 256 byte tokens; each step merges the adjacent pair that occurs most
 often (overlapping occurrences count, as in `get_stats`) into a new token with the next id, 256,

@@ -3,7 +3,8 @@
 Text is cut into chunks by a regex (`split.py`) and each chunk's UTF-8 bytes are merged into
 tokens. A tokenizer trains its own merges (`train`, which runs `training.train_fast`) or reads
 GPT-2's files (`from_gpt2`), and encodes exactly as tiktoken does: by `basic.encode_naive`'s
-rule, run by `fast.py`'s numba loop on big batches; a chunk that is itself a token is that token.
+rule, run by `encoding.py`'s heap loop on a few bytes and by `fast.py`'s numba version of it on
+big batches; a chunk that is itself a token is that token.
 Text is not normalized: it is encoded byte for byte as given. File formats are `files.py`'s.
 
 subtle: a rank belongs to bytes, so two tokens with the same bytes would be ambiguous. Training
@@ -17,10 +18,10 @@ from itertools import chain
 import regex
 
 from ..fileio import atomic_write
-from .basic import encode_naive
 from .char import check_ids
+from .encoding import encode_heap
 from .files import MAX_ID, format_bpe, gpt2_paths, parse_bpe, parse_gpt2
-from .split import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, ascii_split
+from .split import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, Splitter
 from .training import train_fast
 
 _CACHE_LIMIT = 200_000      # chunk -> ids entries kept before the cache starts over
@@ -69,13 +70,7 @@ class BPETokenizer:
     """
 
     def __init__(self, pattern=GPT4_SPLIT_PATTERN):
-        if not isinstance(pattern, str):
-            raise TypeError(f"pattern must be str, got {type(pattern).__name__}")
-        try:
-            self._split = regex.compile(pattern)
-        except regex.error as e:
-            raise ValueError(f"invalid split pattern {pattern!r}: {e}") from None
-        self._split_ascii = ascii_split(pattern)  # the same split, faster, for ASCII text
+        self._split = Splitter(pattern)  # refuses a pattern that loses text or backtracks
         self.pattern = pattern
         self.byte_ids = list(range(256))  # byte value -> token id (GPT-2 permutes them)
         self.merges = {}                  # (int, int) -> int, in merge order: the rank order
@@ -111,9 +106,7 @@ class BPETokenizer:
 
     def _chunks(self, text):
         """The pieces the split pattern cuts `text` into."""
-        if self._split_ascii is not None and text.isascii():
-            return self._split_ascii.findall(text)
-        return self._split.findall(text)
+        return self._split(text)
 
     # --- training ------------------------------------------------------------------------------
 
@@ -153,8 +146,8 @@ class BPETokenizer:
             if self._fast is None:
                 self._fast = fast.make_tables(self.byte_ids, self._ranks, self._encoder)
             merged = fast.encode_batch([datas[k] for k in todo], self._fast)
-        else:  # a few bytes, or no numba: the naive loop, which computes the same ids
-            merged = [tuple(map(self._encoder.__getitem__, encode_naive(datas[k], self._ranks)))
+        else:  # a few bytes, or no numba: the same loop in Python
+            merged = [tuple(map(self._encoder.__getitem__, encode_heap(datas[k], self._ranks)))
                       for k in todo]
         for k, ids in zip(todo, merged):
             encoded[k] = ids
@@ -247,8 +240,9 @@ class BPETokenizer:
                             f"got {type(special_tokens).__name__}")
         taken = {i: repr(t) for i, t in self.vocab.items()}
         for s, i in special_tokens.items():
-            if not isinstance(s, str) or not s:
-                raise ValueError(f"a special token must be a non-empty str, got {s!r}")
+            if not isinstance(s, str) or not s or check_text(s) != s:  # != : a lone surrogate
+                raise ValueError(f"a special token must be a non-empty str that UTF-8 can "
+                                 f"encode, got {s!r}")
             if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= MAX_ID:
                 raise ValueError(f"special token {s!r}: id must be an int in [0, {MAX_ID}], "
                                  f"got {i!r}")
@@ -296,4 +290,7 @@ class BPETokenizer:
         elif encoder_json is None or vocab_bpe is None:
             raise ValueError("from_gpt2 needs both encoder_json and vocab_bpe, or neither")
         special_tokens, byte_ids, merges = parse_gpt2(encoder_json, vocab_bpe)
-        return cls._from_parts(GPT2_SPLIT_PATTERN, special_tokens, byte_ids, merges)
+        try:
+            return cls._from_parts(GPT2_SPLIT_PATTERN, special_tokens, byte_ids, merges)
+        except ValueError as e:  # <|endoftext|>'s id is taken by a merge
+            raise ValueError(f"{encoder_json}: {e}") from None

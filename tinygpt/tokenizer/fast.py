@@ -2,8 +2,9 @@
 
 This module owns the fast path of `BPETokenizer`: tiktoken's rule restated on ids (which pair of
 ids merges, at which rank), held as a hash table in two NumPy arrays, and a kernel that
-byte-pair-encodes a whole batch of chunks. The readable specification is `basic.encode_naive`;
-the tests check that the two agree.
+byte-pair-encodes a whole batch of chunks with `encoding.encode_heap`'s loop (a linked list of
+pieces, a heap of pair ranks). The readable specification is `basic.encode_naive`; the tests
+check that the two agree.
 
 What it leaves out: splitting text into chunks, caching, special tokens (all in `bpe.py`).
 
@@ -18,6 +19,7 @@ from numba import njit
 _EMPTY = -1                         # key of a free slot in the hash table
 _NO_MERGE = np.iinfo(np.int32).max  # the "rank" of a pair that is not in the table
 _SHIFT = 31                         # pair key = left << 31 | right; ids are below 2**31
+_MAX_CHUNK = 2**31 - 1              # positions in a chunk are int32
 
 
 @njit(cache=True, inline="always")
@@ -63,34 +65,90 @@ def lookup(keys, vals, left, right):
     return vals[h] if keys[h] == key else _NO_MERGE
 
 
+@njit(cache=True, inline="always")
+def _sift_down(heap, size, i):
+    """Move heap[i] down to its place in the min-heap heap[:size]."""
+    item = heap[i]
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and heap[child + 1] < heap[child]:
+            child += 1  # the smaller child
+        if item <= heap[child]:
+            break
+        heap[i] = heap[child]
+        i = child
+    heap[i] = item
+
+
+@njit(cache=True, inline="always")
+def _push(heap, size, item):
+    """Add `item` to the min-heap heap[:size]; return the new size."""
+    i = size
+    while i > 0 and heap[(i - 1) >> 1] > item:
+        heap[i] = heap[(i - 1) >> 1]  # move the larger parent down
+        i = (i - 1) >> 1
+    heap[i] = item
+    return size + 1
+
+
+@njit(cache=True, inline="always")
+def _rank_of_pair(parts, nxt, n, i, keys, vals):
+    """Rank of the pair (piece i, the next piece), or _NO_MERGE if i is the last piece."""
+    return lookup(keys, vals, parts[i], parts[nxt[i]]) if nxt[i] < n else _NO_MERGE
+
+
 @njit(cache=True)
-def _bpe_one(parts, n, keys, vals, rank_ids):
+def _bpe_one(parts, n, keys, vals, rank_ids, nxt, prv, pair_rank, heap):
     """Merge `parts[:n]` in place, tiktoken's way; return the new length.
 
-    Each round merges the adjacent pair of lowest rank, the leftmost one on ties. `pair_rank[i]`
-    caches the rank of (parts[i], parts[i+1]); a merge only changes the ranks of its two neighbours.
+    `encoding.encode_heap`'s loop, on ids: the pieces are a linked list (nxt, prv) named by the
+    position of their first byte, and the heap holds `rank << 32 | position` as one int64, so
+    the smallest entry is the lowest rank and, on ties, the leftmost pair. nxt, prv, pair_rank
+    hold at least n slots and heap 2n: it starts with at most n - 1 entries, and each of the at
+    most n - 1 merges pops one and pushes at most two.
     """
-    pair_rank = np.empty(max(n - 1, 0), dtype=np.int32)
-    for i in range(n - 1):
-        pair_rank[i] = lookup(keys, vals, parts[i], parts[i + 1])
-    while n > 1:
-        best = 0
-        for i in range(1, n - 1):  # strict < keeps the leftmost of equal ranks
-            if pair_rank[i] < pair_rank[best]:
-                best = i
-        if pair_rank[best] == _NO_MERGE:
-            break
-        parts[best] = rank_ids[pair_rank[best]]
-        for i in range(best + 1, n - 1):  # close the gap left by parts[best + 1]
-            parts[i] = parts[i + 1]
-        for i in range(best + 1, n - 2):
-            pair_rank[i] = pair_rank[i + 1]
-        n -= 1
-        if best > 0:
-            pair_rank[best - 1] = lookup(keys, vals, parts[best - 1], parts[best])
-        if best < n - 1:
-            pair_rank[best] = lookup(keys, vals, parts[best], parts[best + 1])
-    return n
+    size = 0
+    for i in range(n):
+        nxt[i] = i + 1
+        prv[i] = i - 1
+        pair_rank[i] = _rank_of_pair(parts, nxt, n, i, keys, vals)
+        if pair_rank[i] != _NO_MERGE:
+            heap[size] = np.int64(pair_rank[i]) << 32 | i
+            size += 1
+    for i in range(size // 2 - 1, -1, -1):  # heapify: sift down every parent, the last first
+        _sift_down(heap, size, i)
+    while size > 0:
+        top = heap[0]
+        size -= 1
+        heap[0] = heap[size]
+        _sift_down(heap, size, 0)
+        rank, i = top >> 32, top & 0xFFFFFFFF
+        if pair_rank[i] != rank:
+            continue  # stale (see encode_heap)
+        # merge piece i with the next piece j, and unlink j
+        j = nxt[i]
+        parts[i] = rank_ids[rank]
+        nxt[i] = nxt[j]
+        if nxt[j] < n:
+            prv[nxt[j]] = i
+        pair_rank[j] = _NO_MERGE
+        # re-rank the two pairs that hold the new piece
+        k = prv[i]
+        if k >= 0:
+            pair_rank[k] = _rank_of_pair(parts, nxt, n, k, keys, vals)
+            if pair_rank[k] != _NO_MERGE:
+                size = _push(heap, size, np.int64(pair_rank[k]) << 32 | k)
+        pair_rank[i] = _rank_of_pair(parts, nxt, n, i, keys, vals)
+        if pair_rank[i] != _NO_MERGE:
+            size = _push(heap, size, np.int64(pair_rank[i]) << 32 | i)
+    out, i = 0, 0
+    while i < n:  # walk the list and pack the pieces to the front; out <= i, so in place is safe
+        parts[out] = parts[i]
+        out += 1
+        i = nxt[i]
+    return out
 
 
 @njit(cache=True)
@@ -107,6 +165,14 @@ def encode_chunks(data, offsets, byte_ids, keys, vals, rank_ids):
     n_chunks = offsets.size - 1
     ids = np.empty(data.size, dtype=np.int32)
     out_offsets = np.zeros(n_chunks + 1, dtype=np.int64)
+    longest = 0
+    for c in range(n_chunks):
+        longest = max(longest, offsets[c + 1] - offsets[c])
+    # _bpe_one's work arrays, allocated once for the longest chunk and reused for every chunk
+    nxt = np.empty(longest, dtype=np.int32)  # int32: half the memory traffic of int64
+    prv = np.empty(longest, dtype=np.int32)
+    pair_rank = np.empty(longest, dtype=np.int32)
+    heap = np.empty(2 * longest, dtype=np.int64)
     pos = 0
     for c in range(n_chunks):
         start = offsets[c]
@@ -114,7 +180,7 @@ def encode_chunks(data, offsets, byte_ids, keys, vals, rank_ids):
         parts = ids[pos:pos + n]  # a view: the chunk is merged right where its output goes
         for i in range(n):
             parts[i] = byte_ids[data[start + i]]
-        pos += _bpe_one(parts, n, keys, vals, rank_ids)
+        pos += _bpe_one(parts, n, keys, vals, rank_ids, nxt, prv, pair_rank, heap)
         out_offsets[c + 1] = pos
     return ids, out_offsets
 
@@ -153,6 +219,9 @@ def encode_batch(datas, tables):
         encode_batch([b" tokenizer", b"!!"], tables) -> [(11241, 7509), (3228,)]
     """
     lengths = np.fromiter(map(len, datas), dtype=np.int64, count=len(datas))
+    if lengths.size and lengths.max() > _MAX_CHUNK:
+        raise ValueError(f"a chunk of {lengths.max()} bytes is too long for the numba encoder, "
+                         f"whose limit is {_MAX_CHUNK} bytes")
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     data = np.frombuffer(b"".join(datas), dtype=np.uint8)
     ids, out_offsets = encode_chunks(data, offsets, *tables)

@@ -31,9 +31,7 @@ def read_lines(path, version=None):
     foreign file is named as such. subtle: every line must end with "\\n", so a file cut in the
     middle of a line is caught here.
     """
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
+    lines = read_bytes(path).split(b"\n")
     if version is not None and lines[0] != version.encode():
         raise ValueError(f"{path}:1: not a {version!r} file, the first line is {lines[0][:40]!r}")
     if lines[-1] != b"":
@@ -49,8 +47,21 @@ def read_lines(path, version=None):
 
 def read_version(path):
     """The first line of a file, as bytes, without reading the rest."""
-    with open(path, "rb") as f:
+    with _open(path) as f:
         return f.readline().rstrip(b"\n")
+
+
+def read_bytes(path):
+    """The whole file as bytes; a directory raises ValueError, a missing file FileNotFoundError."""
+    with _open(path) as f:
+        return f.read()
+
+
+def _open(path):
+    try:
+        return open(path, "rb")
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a tokenizer file") from None
 
 
 def bytes_to_unicode():
@@ -99,6 +110,15 @@ def _json_str(field, path, lineno, what):
     if not isinstance(value, str):
         raise ValueError(f"{path}:{lineno}: {what} must be a JSON string, got {field[:40]!r}")
     return value
+
+
+def _utf8_ok(s):
+    """Can UTF-8 encode `s`? Not if it holds a lone surrogate, which JSON can write as \\ud800."""
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _header(lines, i, key, path):
@@ -167,6 +187,9 @@ def parse_bpe(path):
             raise ValueError(f"{path}:{i + 1}: expected '<id> <json string>' for a special token")
         idx = _int(fields[0], path, i + 1, "a special token id")
         s = _json_str(fields[1], path, i + 1, "a special token")
+        if not s or not _utf8_ok(s):
+            raise ValueError(f"{path}:{i + 1}: a special token must be a non-empty string that "
+                             f"UTF-8 can encode, got {fields[1][:40]}")
         if s in special_tokens or idx in special_tokens.values():
             raise ValueError(f"{path}:{i + 1}: special token {s!r} or id {idx} repeats")
         special_tokens[s], special_lines[idx] = idx, i + 1
@@ -231,13 +254,26 @@ def parse_gpt2(encoder_json, vocab_bpe):
     lists the merges, rank = line order. subtle: the merged token's id is looked up in
     encoder.json, never assumed to be 256 + rank; byte tokens have ids 0..255 but not in byte order.
     """
-    with open(encoder_json, encoding="utf-8") as f:
-        try:
-            encoder = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{encoder_json}:{e.lineno}: not valid JSON: {e.msg}") from None
-    if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
+    data = read_bytes(encoder_json)
+    try:
+        encoder = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        lineno = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{encoder_json}:{lineno}: not UTF-8 text: {data[e.start:][:40]!r}"
+                         ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{encoder_json}:{e.lineno}: not valid JSON: {e.msg}") from None
+    if not isinstance(encoder, dict):
         raise ValueError(f"{encoder_json}:1: expected a JSON object of token string -> id")
+    tokens = {}  # id -> token string, to find an id given twice
+    for t, i in encoder.items():
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= MAX_ID:
+            raise ValueError(f"{encoder_json}: token {t[:40]!r}: id must be an integer in "
+                             f"[0, {MAX_ID}], got {i!r}")
+        if i in tokens:
+            raise ValueError(f"{encoder_json}: tokens {tokens[i][:40]!r} and {t[:40]!r} have "
+                             f"the same id {i}")
+        tokens[i] = t
     byte_char = bytes_to_unicode()
     if any(c not in encoder for c in byte_char.values()):
         raise ValueError(f"{encoder_json}:1: some of the 256 byte tokens are missing")
@@ -246,13 +282,21 @@ def parse_gpt2(encoder_json, vocab_bpe):
     if not lines or not lines[0].startswith("#version"):
         raise ValueError(f"{vocab_bpe}:1: expected a '#version' header")
     merges = {}
+    defined = set(byte_char.values())  # the tokens that a merge may join: bytes, earlier merges
     for lineno, line in enumerate(lines[1:], start=2):
         fields = line.split(" ")
-        if len(fields) != 2 or fields[0] not in encoder or fields[1] not in encoder \
-                or fields[0] + fields[1] not in encoder:
+        if len(fields) != 2 or fields[0] + fields[1] not in encoder:
             raise ValueError(f"{vocab_bpe}:{lineno}: expected two tokens of encoder.json whose "
                              f"concatenation is one too, got {line[:40]!r}")
-        merges[(encoder[fields[0]], encoder[fields[1]])] = encoder[fields[0] + fields[1]]
+        a, b = fields
+        if a not in defined or b not in defined:
+            raise ValueError(f"{vocab_bpe}:{lineno}: merge {line[:40]!r} joins a token that no "
+                             f"line above it makes")
+        if a + b in defined:
+            raise ValueError(f"{vocab_bpe}:{lineno}: merge {line[:40]!r} makes {(a + b)[:40]!r}, "
+                             f"which a line above it (or a byte) already makes")
+        defined.add(a + b)
+        merges[(encoder[a], encoder[b])] = encoder[a + b]
     special_tokens = {"<|endoftext|>": encoder.get("<|endoftext|>", 50256)}
     if len(encoder) != 256 + len(merges) + (1 if "<|endoftext|>" in encoder else 0):
         raise ValueError(f"{encoder_json}:1: {len(encoder)} tokens, but 256 bytes and "
