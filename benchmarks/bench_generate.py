@@ -13,8 +13,13 @@ HF, tinygpt, HF, ...) so drift on a shared machine hits both alike; the median i
   so `% limit` is decode tok/s * weight bytes / bandwidth;
 - int8: tinygpt after model.quantize("int8"), against HF in float32, with its token agreement.
 
+With --quality CKPT it measures int8's quality instead, on a checkpoint written by training: the
+val loss of the float32 and the int8 model on the same QUALITY_BATCHES val batches, and how many of
+200 greedy tokens (after a newline) int8 picks as float32 does.
+
     python benchmarks/bench_generate.py
     python benchmarks/bench_generate.py --config small --rounds 5 --json out.json
+    python benchmarks/bench_generate.py --quality out-shakespeare/ckpt.npz
 
 It exits non-zero if tinygpt's greedy tokens (float32) differ from HF's.
 """
@@ -38,6 +43,7 @@ MODELS = {
 }
 PROMPT, NEW, SHORT = 256, 64, 16
 BW_MB = 512
+QUALITY_BATCHES, QUALITY_TOKENS = 50, 200
 
 
 def bandwidth_gbs(repeats=5):
@@ -133,12 +139,42 @@ def run_model(name, cfg, rounds, bw):
     return r
 
 
+def quality(path):
+    """float32 against int8 on a training checkpoint: val loss on the same batches, greedy agreement."""
+    from tinygpt.checkpoint import load_model
+    from tinygpt.data import TokenDataset, find_text
+    from tinygpt.nn import evaluating
+    model, tokenizer = load_model(path)
+    with open(find_text(None), encoding="utf-8") as f:  # --data's default: $TINYGPT_DATA_DIR, or downloaded
+        data = TokenDataset.from_text(f.read(), tokenizer)
+    rng = np.random.default_rng(0)
+    T = model.config.block_size
+    batches = [data.get_batch("val", 12, T, rng) for _ in range(QUALITY_BATCHES)]
+    prompt = np.array([tokenizer.encode("\n")])
+
+    def measure():
+        with evaluating(model):
+            loss = float(np.mean([model(x, y)[1].item() for x, y in batches]))
+        return loss, model.generate(prompt, QUALITY_TOKENS, temperature=0)[0, prompt.shape[1]:]
+    loss32, tokens32 = measure()
+    model.quantize("int8")
+    loss8, tokens8 = measure()
+    agree = float((tokens8 == tokens32).mean())
+    first = int(np.argmax(tokens8 != tokens32)) if agree < 1 else QUALITY_TOKENS
+    print(f"{path}: val loss float32 {loss32:.4f}, int8 {loss8:.4f} ({loss8 - loss32:+.4f} nats; "
+          f"{QUALITY_BATCHES} batches of 12 x {T}); greedy tokens equal: {100 * agree:.0f}% of "
+          f"{QUALITY_TOKENS} (first difference at token {first})")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", choices=sorted(MODELS), action="append", help="model (default: both)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds of each engine (default: %(default)s)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--quality", metavar="CKPT", help="instead: int8 against float32 on this training checkpoint")
     args = p.parse_args(argv)
+    if args.quality:
+        return quality(args.quality)
     torch.set_num_threads(int(os.environ.get("TINYGPT_NUM_THREADS", 2)))
     bw = bandwidth_gbs()
     print(f"read bandwidth (numba prange sum of {BW_MB} MB): {bw:.1f} GB/s; torch threads {torch.get_num_threads()}")

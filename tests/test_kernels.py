@@ -598,7 +598,7 @@ def test_gemv_matches_reference(M, K, N, dtype, transposed):
 
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["w(K,N)", "w(N,K)"])
-@pytest.mark.parametrize("M,K,N", [(1, 768, 2304), (5, 130, 257)])
+@pytest.mark.parametrize("M,K,N", [(1, 768, 2304), (5, 130, 257), (1, 1536, 2048)])  # the last: parallel
 def test_gemv_int8_matches_reference(M, K, N, transposed):
     rng = np.random.default_rng(K + N)
     x, b = rand(rng, (M, K), np.float32), rand(rng, (N,), np.float32)

@@ -57,8 +57,9 @@ class KVCache:
     and filled in place: no concatenation per step."""
 
     def __init__(self, batch_size, n_head, block_size, head_size, dtype=np.float32):
+        # np.zeros, not zeros_like: calloc'd pages cost nothing until the positions are filled
         self.k = np.zeros((batch_size, n_head, block_size, head_size), dtype=dtype)  # (B, nh, block_size, hs)
-        self.v = np.zeros_like(self.k)
+        self.v = np.zeros(self.k.shape, dtype=dtype)
         self.length = 0  # positions filled
 
     def append(self, k, v):

@@ -13,7 +13,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from . import reference as ref
-from .jit_math import exp_le0, row_dot, row_max, row_sum, sigmoid_pair
+from .jit_math import FEW_ROWS, exp_le0, row_dot, row_max, row_sum, sigmoid_pair, threads
 from .jit_matmul import matmul, prefer_blas  # noqa: F401 (re-exported)
 from .jit_attention import attention_backward, attention_forward  # noqa: F401 (re-exported)
 from .jit_gemv import gemv  # noqa: F401 (re-exported)
@@ -79,7 +79,8 @@ def _softmax_backward_rows(y, dy, scale):  # dx = scale * y * (dy - sum(dy * y))
 # ---------------------------------------------------------------------------------------- layer norm
 
 def layer_norm_forward(x, weight, bias, eps=1e-5):
-    return _layer_norm_rows(contiguous(x), contiguous(weight), contiguous(bias), eps)
+    with threads(parallel=x.shape[0] >= FEW_ROWS):  # a decode step's one row: one thread
+        return _layer_norm_rows(contiguous(x), contiguous(weight), contiguous(bias), eps)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath=SUM)
@@ -155,7 +156,8 @@ def _sum_rows(x, nchunks):  # (N, C) -> (C,): each chunk of rows into its own pa
 # ---------------------------------------------------------------------------------------- gelu
 
 def gelu_forward(x):
-    return _gelu(contiguous(x).reshape(-1), x.dtype.type(ref.GELU_C)).reshape(x.shape)
+    with threads(parallel=x.ndim < 2 or x.size >= FEW_ROWS * x.shape[-1]):  # a decode step's one row: one thread
+        return _gelu(contiguous(x).reshape(-1), x.dtype.type(ref.GELU_C)).reshape(x.shape)
 
 
 @njit(parallel=True, **KERNEL)

@@ -24,6 +24,8 @@ the block sizes (zeros change no product, and padded keys are masked). The packi
 inputs through their strides, so the model's q, k, v views are taken as they are, without
 copies (see _heads_major). Heads are split across cores (prange); each core owns whole heads,
 so dk and dv need no locking.
+A decode step (Tq = 1) would fill one row of each 24-row block: `_forward_one_query` instead takes
+each head's one query as dot products with the keys, a softmax and a weighted sum of the values.
 What this leaves out: splitting one head across cores (B * nh < cores leaves a core idle), and
 head sizes above HSMAX = 128 (those use the NumPy reference). Inputs arrive checked (checks.py).
 """
@@ -31,7 +33,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from . import reference as ref
-from .jit_math import LANES, exp_le0, row_dot, row_max, stack_empty
+from .jit_math import LANES, PARALLEL_BYTES, exp_le0, row_dot, row_max, stack_empty, threads
 from .jit_matmul import MR, gemm6_into
 
 BR, BC = 4 * MR, 8 * MR   # query rows and keys per block (24, 48): multiples of MR and of KU;
@@ -45,6 +47,10 @@ def attention_forward(q, k, v, causal=True):
     if q.shape[3] > HSMAX:
         return ref.attention_forward(q, k, v, causal)
     out, lse = _heads_major(q.shape, q.dtype), np.empty(q.shape[:3], q.dtype)
+    if q.shape[2] == 1:  # a decode step: it sees every key, so `causal` changes nothing
+        with threads(parallel=k.nbytes + v.nbytes >= PARALLEL_BYTES):
+            _forward_one_query(q, k, v, out, lse)
+        return out, lse
     _forward(q, k, v, causal, out, lse, get_num_threads())
     return out, lse
 
@@ -176,6 +182,30 @@ def _forward_block(qp, kt, vp, out, lse, i0, Tk, offset, causal):
         for d in range(out.shape[1]):
             out[i0 + r, d] = o[r, d] / total
         lse[i0 + r] = m[r] + np.log(total)
+
+
+@njit(parallel=True, **KERNEL)
+def _forward_one_query(q, k, v, out, lse):  # q, out (B, nh, 1, hs), k, v (B, nh, Tk, hs), any strides
+    """s_j = q . k_j / sqrt(hs), p = softmax(s), out = sum_j p_j v_j, for each head (prange)."""
+    B, nh, Tk, hs = k.shape
+    scale = q.dtype.type(1 / np.sqrt(hs))
+    for h in prange(B * nh):
+        b, hh = h // nh, h % nh
+        qh, kh, vh, o = q[b, hh, 0], k[b, hh], v[b, hh], out[b, hh, 0]
+        s = np.empty(Tk, q.dtype)
+        for j in range(Tk):
+            s[j] = scale * row_dot(qh, kh[j], hs)
+        m = row_max(s, Tk, q.dtype.type(1))
+        o[:] = 0
+        total = q.dtype.type(0)
+        for j in range(Tk):
+            p = exp_le0(s[j] - m)   # unnormalized; divided by the total at the end
+            total += p
+            for d in range(hs):
+                o[d] += p * vh[j, d]
+        for d in range(hs):
+            o[d] /= total
+        lse[b, hh, 0] = m + np.log(total)
 
 
 # ---------------------------------------------------------------------------------------- backward

@@ -17,6 +17,9 @@ streams W once, from where it lies, in one of two layouts:
    (V, C). Each output is a dot product of a row of x with a contiguous row of w; the cores share
    blocks of BLOCK weight rows, and each weight row is read once for all the rows of x.
 
+A weight smaller than PARALLEL_BYTES is read on the calling thread alone: waking the other
+threads costs more than they save on it (jit_math.threads).
+
 The int8 scale and the bias are applied to each output as it is written: a pass over the outputs,
 never a second one over W.
 
@@ -27,6 +30,8 @@ and is never stored as one. Inputs arrive checked (checks.py).
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
+
+from .jit_math import PARALLEL_BYTES, threads
 
 BLOCK = 64   # weight rows a task in layout 2: enough tasks to balance the cores
 SUM = {"contract", "reassoc"}  # FMAs, and sums in any order (float32 tolerance: ~K eps)
@@ -43,10 +48,11 @@ def gemv(x, w, bias=None, scale=None, transposed=False):
     bias = empty if bias is None else np.ascontiguousarray(bias)
     scale = empty if scale is None else np.ascontiguousarray(scale)
     out = np.empty((x.shape[0], N), x.dtype)
-    if transposed:
-        _gemv_rows(x, w, bias, scale, out)
-    else:
-        _gemv_columns(x, w, bias, scale, out, get_num_threads())
+    with threads(parallel=w.nbytes >= PARALLEL_BYTES):
+        if transposed:
+            _gemv_rows(x, w, bias, scale, out)
+        else:
+            _gemv_columns(x, w, bias, scale, out, get_num_threads())
     return out
 
 

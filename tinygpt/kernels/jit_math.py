@@ -1,5 +1,5 @@
 """Numba plumbing shared by the kernels: SIMD-friendly exp and sigmoid, row reductions, stack
-arrays, and the vector width.
+arrays, the vector width, and `threads`, which runs small work on the calling thread alone.
 
 Why not math.exp? Without Intel's SVML, numba lowers math.exp and math.tanh to scalar libm calls,
 and a loop that calls libm cannot be vectorized; a loop that calls the polynomial below can, so
@@ -15,13 +15,35 @@ in other files may keep running the old helper.
 """
 import math
 import os
+from contextlib import contextmanager
 
 import numpy as np
 from llvmlite import binding as llvm, ir
-from numba import njit
+from numba import get_num_threads, njit, set_num_threads
 from numba.core import config, registry, types
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import populate_array
+
+
+FEW_ROWS = 64                # below this many rows (a decode step's one token), a row kernel runs on one thread
+PARALLEL_BYTES = 2 * 2**20   # a decode step's product or attention that reads less than this runs on one thread
+
+
+@contextmanager
+def threads(parallel):
+    """Run the kernels called inside on all of numba's threads if `parallel`, else on the calling
+    thread alone: a parallel region wakes every thread and waits for the slowest, which costs
+    more than one row's work, and on a loaded machine a whole scheduler time slice (BENCHMARKS.md).
+    set_num_threads is per calling thread, so this is decided call by call."""
+    if parallel:  # the common case costs nothing
+        yield
+        return
+    n = get_num_threads()
+    set_num_threads(1)
+    try:
+        yield
+    finally:
+        set_num_threads(n)
 
 
 def prefer_512_bit_vectors():
