@@ -47,7 +47,7 @@ import numpy as np
 
 from tinygpt import functional
 from tinygpt.checkpoint import load_model, save_checkpoint
-from tinygpt.config import option, parse_config
+from tinygpt.config import check_range, option, parse_config
 from tinygpt.data import batches
 from tinygpt.finetune import GPTClassifier, accuracy, count_params, encode_known, pad_batch, set_trainable, split
 from tinygpt.lora import LORA_PATTERNS, apply_lora, block_targets, merged_state_dict
@@ -91,16 +91,12 @@ class ClassifierConfig:
     seed: int = option(1337, "seed for the data shuffles and the new weights")
 
     def __post_init__(self):
-        for name in ("min_chars", "wrap_width", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "trainable_blocks", "lora_rank", "lora_blocks"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.lm_weight < 0:
-            raise ValueError(f"--lm-weight must be >= 0, got {self.lm_weight}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        check_range(self, ("min_chars", "wrap_width", "epochs", "batch_size"), 1)
+        check_range(self, ("max_steps", "trainable_blocks", "lora_rank", "lora_blocks", "lm_weight",
+                           "weight_decay", "grad_clip", "lora_alpha"), 0)
+        check_range(self, ("dropout",), 0, 1)
+        if self.learning_rate is not None:
+            check_range(self, ("learning_rate",), 0)
         if self.learning_rate is None:
             self.learning_rate = 3e-3 if self.lora_rank else 3e-4
 

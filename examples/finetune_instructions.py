@@ -46,7 +46,7 @@ import numpy as np
 
 from tinygpt import functional
 from tinygpt.checkpoint import load_model, save_checkpoint
-from tinygpt.config import option, parse_config
+from tinygpt.config import check_range, option, parse_config
 from tinygpt.data import batches
 from tinygpt.fileio import atomic_write
 from tinygpt.finetune import (collate, count_params, encode_known, ensure_eot, format_prompt, generate_response,
@@ -82,12 +82,9 @@ class InstructConfig:
     seed: int = option(123, "seed for the split, the batch order and the LoRA weights")
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "log_interval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "lora_rank", "lora_blocks", "max_new_tokens", "max_test"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        check_range(self, ("epochs", "batch_size", "log_interval"), 1)
+        check_range(self, ("max_steps", "lora_rank", "lora_blocks", "max_new_tokens", "max_test", "learning_rate",
+                           "weight_decay", "grad_clip", "lora_alpha"), 0)
 
 
 def encode_entries(entries, tokenizer):

@@ -264,3 +264,12 @@ def test_a_text_without_newlines_still_samples_at_the_end(tmp_path):
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "--- sample (10 tokens) ---" in r.stdout
+
+
+@pytest.mark.parametrize("example, flag, value", [
+    ("finetune_classifier.py", "--learning-rate", "nan"), ("finetune_classifier.py", "--grad-clip", "-1"),
+    ("finetune_instructions.py", "--learning-rate", "nan"), ("finetune_instructions.py", "--grad-clip", "nan")])
+def test_the_fine_tuning_examples_refuse_settings_that_cannot_train(example, flag, value):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", example), flag, value],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr

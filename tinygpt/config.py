@@ -15,12 +15,29 @@ What it leaves out: config files and `exec`-based overrides (nanoGPT's configura
 """
 import argparse
 import dataclasses
+import math
 
 
 def option(default, help, type=None, choices=None):
     """A dataclass field with the flag's help text. `type` is needed only when the default is
     None (otherwise the default's type is used)."""
     return dataclasses.field(default=default, metadata={"help": help, "type": type, "choices": choices})
+
+
+def check_range(cfg, names, low, high=math.inf):
+    """For a config's `__post_init__`: each field in `names` must be in [low, high), else a
+    ValueError naming its flag. subtle: `not low <= x < high` is also true for NaN (and inf
+    fails `x < inf`), so a NaN setting can never train on silently into NaN weights.
+
+    Example:
+        check_range(cfg, ("beta1", "beta2"), 0, 1)   # ValueError: --beta2 must be in [0, 1), got 1.0
+    """
+    for name in names:
+        value = getattr(cfg, name)
+        if not low <= value < high:
+            limit = (f"in [{low}, {high})" if high < math.inf else
+                     f">= {low}" if isinstance(value, int) else f"a finite number >= {low}")
+            raise ValueError(f"--{name.replace('_', '-')} must be {limit}, got {value}")
 
 
 def build_parser(config_cls, prog=None, description=None):

@@ -44,7 +44,7 @@ from . import functional
 from . import distributed
 from .checkpoint import (CKPT_FILE, TOKENIZER_FILE, check_vocab, dropout_generators, model_config,
                          read_checkpoint, restore, save_checkpoint)
-from .config import option, parse_config
+from .config import check_range, option, parse_config
 from .data import TokenDataset, find_text, read_text, split_text
 from .fileio import atomic_write, lock_folder, remove_stale_temps
 from .model import GPT, GPTConfig
@@ -95,20 +95,11 @@ class TrainConfig:
     sample_tokens: int = option(300, "tokens to sample at the end (0: none)")
 
     def __post_init__(self):
-        for name in ("bpe_vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                     "grad_accum", "eval_interval", "eval_iters", "log_interval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_iters", "warmup_iters", "sample_tokens"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        # `not 0 <= x` is also true for NaN, which would otherwise train on silently into NaN weights
-        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
-            if not 0 <= getattr(self, name) < math.inf:
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
-        for name in ("beta1", "beta2", "dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        check_range(self, ("bpe_vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                           "grad_accum", "eval_interval", "eval_iters", "log_interval"), 1)
+        check_range(self, ("max_iters", "warmup_iters", "sample_tokens", "learning_rate", "min_lr",
+                           "weight_decay", "grad_clip"), 0)
+        check_range(self, ("beta1", "beta2", "dropout"), 0, 1)
         if self.learning_rate == 0:
             raise ValueError("--learning-rate must be > 0, got 0")
         if self.lr_decay_iters is None:
