@@ -8,8 +8,10 @@ For each config it times the same global batch (benchmarks/configs.py) trained t
     torch DDP 2 x 1  torch.distributed (gloo, CPU), 2 ranks of 1 thread, bench_train.py's
                      PyTorch reference model wrapped in DistributedDataParallel
 
-and reports global tokens/s, and for tinygpt 2 x 1 the share of each step spent in the allreduce
-(including any wait for the slower rank). Then the allreduce bandwidth over TCP for a buffer of
+and reports global tokens/s, and for tinygpt 2 x 1 the share of each step spent in the allreduce:
+in distributed.GradientBuckets, whose buckets are sent during backward, so it counts the calls
+that start and move them and the wait at the end (including any wait for the slower rank), not
+the transfer hidden behind backward. Then the allreduce bandwidth over TCP for a buffer of
 each config's gradient size. Each variant runs in its own processes, in rounds that alternate the
 variants so the drift of a shared machine hits them alike; the median step of each run, and the
 median over the rounds, is reported.
@@ -49,14 +51,16 @@ def child_tinygpt(name, warmup, iters):
     from tinygpt.optim import AdamW
     opt = AdamW(model.parameters(), lr=bench_train.LR, betas=bench_train.BETAS, weight_decay=bench_train.WD)
     in_allreduce = [0.0]
-    average = distributed.World.average_gradients
 
-    def timed_average(self, *args):
-        t0 = time.perf_counter()
-        out = average(self, *args)
-        in_allreduce[0] += time.perf_counter() - t0
-        return out
-    distributed.World.average_gradients = timed_average
+    def timed(method):  # the time a rank spends in MPI: starting and moving buckets, and the last wait
+        def wrapper(self, *args):
+            t0 = time.perf_counter()
+            out = method(self, *args)
+            in_allreduce[0] += time.perf_counter() - t0
+            return out
+        return wrapper
+    distributed.GradientBuckets.ready = timed(distributed.GradientBuckets.ready)
+    distributed.GradientBuckets.finish = timed(distributed.GradientBuckets.finish)
     times, shares = [], []
     for i, (x, y) in enumerate(bench_train.batches(cfg, warmup + iters)):
         in_allreduce[0] = 0.0
@@ -197,7 +201,7 @@ def main(argv=None):
         from tinygpt.model import GPT, GPTConfig
         c = CONFIGS[name]
         n_params = GPT(GPTConfig(**{k: c[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")},
-                                 bias=True)).num_params()
+                                 bias=True)).num_params(non_embedding=False)  # every gradient the ranks sum
         out["bandwidth"] = run_child(mpiexec + me + ["--child", "bandwidth", "--floats", str(n_params)])
         out["n_params"] = n_params
         results["configs"][name] = out

@@ -9,6 +9,7 @@ It checks, on a tiny model (1 layer, 16 channels) so each run takes seconds:
 - faults: a rank that raises, or is killed, ends the whole job quickly and non-zero;
 - bad input: a batch the world size does not divide is refused once, by rank 0, and every rank exits;
 - the `tinygpt train` command over TCP (Open MPI's `--mca btl tcp,self`), writing its files once;
+- two ranks on two hosts: network namespaces joined by a veth pair, launched as over ssh (as root);
 - and, without mpiexec, that nothing of MPI is imported.
 
 The MPI runs need mpi4py and an `mpiexec` (`pip install -e ".[mpi]"`); without them they skip.
@@ -66,11 +67,11 @@ def recording_step(model, optimizer, micro_batches, grad_clip=0.0, world=None):
     return loss, norm
 T.train_step = recording_step
 
-average = distributed.World.average_gradients
+finish = distributed.GradientBuckets.finish
 def counting(self, *args):
     allreduces[0] += 1
-    return average(self, *args)
-distributed.World.average_gradients = counting
+    return finish(self, *args)
+distributed.GradientBuckets.finish = counting
 
 train = T.train
 def capturing(cfg, run, log=print):
@@ -85,8 +86,8 @@ if runs:
     digests = run.world.comm.allgather(digest) if run.world.comm is not None else [digest]
     if run.world.rank == 0:
         with open(out_path, "w") as f:
-            json.dump({"losses": losses, "history": run.history, "digests": digests,
-                       "allreduces": allreduces[0], "size": run.world.size}, f)
+            json.dump({"losses": losses, "history": run.history, "digests": digests, "allreduces": allreduces[0],
+                       "size": run.world.size, "grad_bytes": sum(g.grad.nbytes for g in run.optimizer.groups)}, f)
 sys.exit(code)
 '''
 
@@ -204,12 +205,109 @@ def test_tinygpt_train_over_tcp(files, tmp_path):
     assert {"ckpt.npz", "losses.csv", "tokenizer.tok"} <= set(names) and not [f for f in names if f.endswith(".tmp")]
 
 
+# ssh's stand-in for Open MPI's launcher: `agent HOST COMMAND` runs the command line in HOST's network
+# namespace, under a hostname of its own (Open MPI tells its hosts apart by name)
+AGENT = """#!/bin/sh
+host=$1; shift
+case "$host" in
+{cases}
+  *) echo "agent: unknown host $host" >&2; exit 255 ;;
+esac
+exec ip netns exec "$ns" unshare --uts sh -c "hostname $ns; $*"
+"""
+
+
+def rx_bytes(ns, dev):
+    return int(subprocess.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/statistics/rx_bytes"],
+                              capture_output=True, text=True, check=True).stdout)
+
+
+@needs_mpi
+def test_two_hosts_joined_by_a_veth_pair(files, tmp_path, one_process):
+    """Two ranks on two "machines": network namespaces joined by a veth pair, the second one
+    reached through Open MPI's rsh launcher, as a cluster's are through ssh."""
+    if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("unshare")):
+        pytest.skip("needs root, `ip` (iproute2) and `unshare` to make network namespaces")
+    tag = f"tg{os.getpid() % 100000}"
+    hosts = {f"{tag}a": "10.77.0.1", f"{tag}b": "10.77.0.2"}  # namespace -> address (each pair is isolated)
+    (a, addr_a), (b, addr_b) = hosts.items()
+
+    def ip(*args):
+        return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    try:
+        for command in (["netns", "add", a], ["netns", "add", b],
+                        ["link", "add", f"{a}v", "type", "veth", "peer", "name", f"{b}v"],
+                        ["link", "set", f"{a}v", "netns", a], ["link", "set", f"{b}v", "netns", b],
+                        ["-n", a, "addr", "add", f"{addr_a}/24", "dev", f"{a}v"],
+                        ["-n", b, "addr", "add", f"{addr_b}/24", "dev", f"{b}v"],
+                        ["-n", a, "link", "set", f"{a}v", "up"], ["-n", b, "link", "set", f"{b}v", "up"],
+                        ["-n", a, "link", "set", "lo", "up"], ["-n", b, "link", "set", "lo", "up"]):
+            res = ip(*command)
+            if res.returncode != 0:
+                pytest.skip(f"cannot make network namespaces: ip {' '.join(command)}: {res.stderr.strip()}")
+        agent = tmp_path / "agent.sh"
+        agent.write_text(AGENT.format(cases="\n".join(f"  {addr}) ns={ns} ;;" for ns, addr in hosts.items())))
+        agent.chmod(0o755)
+        hostfile = tmp_path / "hosts"
+        hostfile.write_text("".join(f"{addr} slots=1\n" for addr in hosts.values()))
+        record, subnet = tmp_path / "record.json", "10.77.0.0/24"
+        mpiexec = [MPIEXEC, "-n", "2", "--hostfile", str(hostfile), "--mca", "plm_rsh_agent", str(agent),
+                   "--prtemca", "oob_tcp_if_include", subnet, "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", subnet]
+        worker = [sys.executable, str(files / "worker.py"), str(record), "--data", str(files / "small.txt"),
+                  "--out-dir", str(tmp_path / "out"), *TINY, "--max-iters", "6"]
+        before = rx_bytes(b, f"{b}v")
+        res = subprocess.run(["ip", "netns", "exec", a, "unshare", "--uts", "sh", "-c", f'hostname {a} && exec "$@"',
+                              "sh", *mpiexec, *worker], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **MPI_ENV}, cwd=ROOT)
+        assert res.returncode == 0, res.stdout + res.stderr
+        two = json.loads(record.read_text())
+        assert two["size"] == 2 and len(set(two["digests"])) == 1
+        assert_close(two["losses"], one_process["losses"][:6])  # the schedule does not depend on --max-iters
+        # the second host got every step's gradients through the veth pair
+        assert rx_bytes(b, f"{b}v") - before > 6 * two["grad_bytes"]
+    finally:
+        for ns in hosts:  # the veth pair goes with its namespaces
+            ip("netns", "del", ns)
+
+
 def test_one_process_imports_no_mpi():
     code = ("import sys, tinygpt.train; from tinygpt import distributed; w = distributed.world(); "
             "assert (w.rank, w.size) == (0, 1) and 'mpi4py' not in sys.modules, sorted(sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in distributed.SIZE_VARIABLES}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_backward_hands_each_leaf_over_once_its_gradient_is_final():
+    from tinygpt.tensor import Tensor
+    rng = np.random.default_rng(0)
+    w = Tensor(rng.standard_normal((3, 3)), requires_grad=True)
+    b = Tensor(rng.standard_normal(3), requires_grad=True)
+    x = Tensor(rng.standard_normal((2, 3)))  # needs no gradient: never handed over
+    h = (x @ w + b) @ w  # w is read twice, b once, by an op that runs in the middle of backward
+    handed = []
+    (h * h).sum().backward(on_leaf=lambda p: handed.append((p, p.grad.copy())))
+    assert [p for p, _ in handed] == [b, w]  # b as soon as its op ran, w after both of its ops
+    for p, grad in handed:
+        np.testing.assert_array_equal(grad, p.grad)  # nothing was added after the hand-over
+
+
+@needs_mpi
+def test_gradient_buckets_tile_the_flat_buffers(monkeypatch):
+    from tinygpt.model import GPT, GPTConfig
+    from tinygpt.optim import AdamW
+    model = GPT(GPTConfig(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32), seed=0)
+    optimizer = AdamW(model.parameters(), lr=1e-3)
+    monkeypatch.setattr(distributed.GradientBuckets, "BUCKET_BYTES", 20_000)
+    buckets = distributed.GradientBuckets(None, optimizer)
+    for g in optimizer.groups:
+        spans = [((grad.ctypes.data - g.grad.ctypes.data) // grad.itemsize, grad.size)  # (offset, length)
+                 for grad, _ in buckets.buckets if np.shares_memory(grad, g.grad)]
+        # from the end of the flat buffer to its start, with no gap and no overlap
+        assert [lo + n for lo, n in spans] == [g.grad.size] + [lo for lo, _ in spans[:-1]] and spans[-1][0] == 0
+        assert all(n * g.grad.itemsize >= 20_000 for _, n in spans[:-1])  # only the front one may be smaller
+        assert len(spans) > 1 or g.grad.nbytes < 2 * 20_000
+    assert sum(n for _, n in buckets.buckets) == len(buckets.bucket_of) == sum(len(g.params) for g in optimizer.groups)
 
 
 def test_one_process_world():

@@ -1,6 +1,7 @@
 """The rules around the graph that every op shares: the grad mode (`no_grad`), the anomaly mode
-(`detect_anomaly`), and the helpers for broadcasting and axes (`unbroadcast`, `_axis`,
-`_normalize_axis`, `_count`, `_expand`).
+(`detect_anomaly`), the count behind backward's `on_leaf` hook (`_leaf_uses`, `_count_down`),
+and the helpers for broadcasting and axes (`unbroadcast`, `_axis`, `_normalize_axis`, `_count`,
+`_expand`).
 
 What it leaves out: the graph itself and the ops (tensor.py, functional.py), which read the two
 modes through `is_grad_enabled()` and `is_anomaly_enabled()`.
@@ -60,6 +61,26 @@ def _check_backward(node):
     for i, p in enumerate(node._prev):
         if p.grad is not None and not np.isfinite(p.grad).all():
             _raise_anomaly(p.grad, node._op, "backward", f"the gradient of its input {i}")
+
+
+def _leaf_uses(topo):
+    """{id(leaf): how many ops of `topo` read it}, for the `on_leaf` hook of backward()."""
+    uses = {}
+    for node in topo:
+        for p in node._prev:
+            if p.requires_grad and p._backward is None:
+                uses[id(p)] = uses.get(id(p), 0) + 1
+    return uses
+
+
+def _count_down(node, uses, on_leaf):
+    """`node`'s backward has run: its leaves wait for one op fewer; a leaf that waits for none
+    has its final gradient, and `on_leaf` gets it now, while the rest of backward goes on."""
+    for p in node._prev:
+        if id(p) in uses:
+            uses[id(p)] -= 1
+            if uses[id(p)] == 0:
+                on_leaf(p)
 
 
 def unbroadcast(grad, shape):

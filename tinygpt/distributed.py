@@ -5,14 +5,15 @@ Launch with the MPI convention; the same command without `mpiexec` is the one-pr
     mpiexec -n 2 python examples/train_shakespeare.py --batch-size 12
 
 Every rank holds the whole model and draws the same global batch from the same generator, then
-keeps its own contiguous slice of rows (`shard`). After backward, the gradients are summed across
-ranks by MPI's Allreduce over AdamW's flat gradient buffers (optim.py) and divided by the number
-of ranks: every rank then holds the gradient of the global batch's mean loss, so clipping and the
-AdamW step run identically everywhere and the parameters never diverge.
+keeps its own contiguous slice of rows (`shard`). Its loss is scaled by 1 / ranks, and the
+gradients are summed across ranks by MPI's Iallreduce over AdamW's flat gradient buffers
+(optim.py), bucket by bucket while backward still runs (`GradientBuckets`): every rank then
+holds the gradient of the global batch's mean loss, so clipping and the AdamW step run
+identically everywhere and the parameters never diverge.
 
-    rank 0: rows 0..5  -> backward -> grad0 \\
-                                              Allreduce(sum) / 2 -> the same grad on both -> step
-    rank 1: rows 6..11 -> backward -> grad1 /
+    rank 0: rows 0..5  -> loss / 2 -> backward -> grad0 \\
+                                                          Iallreduce(sum) -> the same grad on both -> step
+    rank 1: rows 6..11 -> loss / 2 -> backward -> grad1 /
 
 `world()` returns a `World`: rank 0 of 1 when this process was not started by mpiexec (mpi4py is
 then never imported, so a one-process run pays nothing for it), else this rank of MPI_COMM_WORLD.
@@ -63,21 +64,10 @@ class World:
         rows = len(next(iter(batch.values()))) // self.size
         return {k: v[self.rank * rows:(self.rank + 1) * rows] for k, v in batch.items()}
 
-    def average_gradients(self, optimizer, loss):
-        """Replace each rank's gradients (and its mean `loss`) with their mean over the ranks.
-        One Allreduce a flat buffer (two groups: decay, no_decay) and one for the loss, all in
-        flight at once. Returns the global mean loss."""
-        if self.comm is None:
-            return loss
-        from mpi4py import MPI
-        loss = np.array([loss], dtype=np.float64)
-        buffers = [g.grad for g in optimizer.groups if len(g)] + [loss]
-        for g in optimizer.groups:
-            g.sync()  # a replaced p.grad rejoins its flat buffer before we reduce that buffer
-        MPI.Request.Waitall([self.comm.Iallreduce(MPI.IN_PLACE, b, op=MPI.SUM) for b in buffers])
-        for b in buffers:
-            b *= b.dtype.type(1.0 / self.size)  # the sum of the ranks' means -> the global mean
-        return float(loss[0])
+    def reduce_gradients(self, optimizer):
+        """A GradientBuckets that sums `optimizer`'s gradients over the ranks as the next backward
+        makes them (pass its `ready` as backward's `on_leaf`), or None for a one-process run."""
+        return GradientBuckets(self.comm, optimizer) if self.comm is not None else None
 
     def sum(self, value):
         """The sum of a float over the ranks, the same on every rank."""
@@ -117,6 +107,66 @@ class World:
             sys.stdout.flush()
             sys.stderr.flush()
             self.comm.Abort(code)
+
+
+class GradientBuckets:
+    """The sum over the ranks of AdamW's flat gradient buffers, sent while backward still runs,
+    as torch DDP does. Each flat buffer (optim.py) is cut into buckets of whole parameters, about
+    BUCKET_BYTES each, walking from its end (backward makes the last layers' gradients first):
+
+        decay grad  [ wte | wpe | h.0 ...... | h.1 ...... | ... | h.5 ...... ]
+                      bucket 0  | bucket 1   ...                | bucket k     <- sent first
+
+    Backward calls `ready(p)` as each parameter's gradient becomes final (Tensor.backward's
+    `on_leaf`); once every parameter of a bucket is ready, a nonblocking Iallreduce sends it,
+    and each later `ready` lets MPI move the buckets in flight along (Testall), so the transfer
+    runs between the ops of the rest of backward. `finish` waits for the last of them.
+
+    The caller scales each rank's loss by 1 / size before backward, so the sum is the global
+    mean's gradient (train.train_step), without another pass over the buffers here.
+    """
+    BUCKET_BYTES = 4 << 20  # big enough that each Iallreduce is bandwidth-bound, small enough to start early
+
+    def __init__(self, comm, optimizer):
+        from mpi4py import MPI
+        self.MPI, self.comm, self.requests = MPI, comm, []
+        self.buckets = []    # [flat grad slice, parameters not ready yet]
+        self.bucket_of = {}  # id(parameter) -> its bucket
+        for g in optimizer.groups:
+            g.sync()  # a replaced p.grad rejoins its flat buffer before backward adds to it
+            hi = len(g.params)
+            for i in reversed(range(len(g.params))):
+                if (g.offsets[hi] - g.offsets[i]) * g.grad.itemsize >= self.BUCKET_BYTES or i == 0:
+                    bucket = [g.grad[g.offsets[i]:g.offsets[hi]], hi - i]
+                    self.buckets.append(bucket)
+                    self.bucket_of.update((id(p), bucket) for p in g.params[i:hi])
+                    hi = i
+
+    def ready(self, p):
+        """Backward's hook: p.grad is final. subtle: every rank runs the same graph in the same
+        order, so the buckets start in the same order everywhere, as MPI's collectives must."""
+        bucket = self.bucket_of.get(id(p))
+        if bucket is not None:
+            bucket[1] -= 1
+            if bucket[1] == 0:
+                self._start(bucket)
+        if self.requests:
+            self.MPI.Request.Testall(self.requests)
+
+    def finish(self, loss):
+        """Send the buckets backward never completed (parameters it did not reach, in the same
+        order on every rank) and the loss; wait for all. Returns the mean `loss` over the ranks."""
+        for bucket in self.buckets:
+            if bucket[1] > 0:
+                bucket[1] = 0
+                self._start(bucket)
+        loss = np.array([loss], dtype=np.float64)
+        self._start([loss])
+        self.MPI.Request.Waitall(self.requests)
+        return float(loss[0]) / self.comm.Get_size()
+
+    def _start(self, bucket):
+        self.requests.append(self.comm.Iallreduce(self.MPI.IN_PLACE, bucket[0], op=self.MPI.SUM))
 
 
 def world():

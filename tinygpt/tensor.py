@@ -108,8 +108,10 @@ class Tensor:
         else:
             self.grad = grad if self.grad is None else self.grad + grad
 
-    def backward(self, grad=None, retain_graph=False):
-        """Backpropagate from this tensor: fill `.grad` of every leaf that requires it."""
+    def backward(self, grad=None, retain_graph=False, on_leaf=None):
+        """Backpropagate from this tensor: fill `.grad` of every leaf that requires it.
+        `on_leaf(p)`, if given, is called for each leaf p that an op reads, as soon as all those
+        ops have run: p.grad is final while backward goes on (distributed.py sends it then)."""
         if not self.requires_grad:
             raise ValueError("backward() on a tensor that does not require grad "
                              "(no input had requires_grad=True, or it was made under no_grad)")
@@ -140,6 +142,7 @@ class Tensor:
 
         self._accumulate(grad.astype(self.dtype, copy=True) if self._backward is None else grad)
         del node, stack, visited
+        uses = autograd._leaf_uses(topo) if on_leaf is not None else None
         while topo:  # reverse topological order: every node after all the nodes computed from it
             # subtle: pop, so this list stops holding the node. Once its backward has run and its
             # closure is dropped, nothing else refers to an intermediate tensor (unless the caller
@@ -152,6 +155,8 @@ class Tensor:
                 node._backward()
                 if autograd.is_anomaly_enabled():
                     _check_backward(node)
+            if uses is not None:
+                autograd._count_down(node, uses, on_leaf)
             node.grad = None  # intermediate gradients are not kept
             if not retain_graph:
                 node._prev, node._backward = (), _freed_backward

@@ -256,23 +256,26 @@ def train_step(model, optimizer, micro_batches, grad_clip=0.0, world=None):
 
     A non-finite loss or gradient norm raises FloatingPointError before the step, so the weights
     stay as they were. Every trainer runs this: train.py's loop and both fine-tuning examples.
-    With a `world` of several ranks (distributed.py), each holds its slice of every micro-batch
-    and the gradients are averaged over the ranks once, after the last backward.
+    With a `world` of several ranks (distributed.py), each holds its slice of every micro-batch,
+    and the last micro-batch's backward sums the gradients over the ranks as it makes them.
     """
     parallel = world is not None and world.size > 1
     optimizer.zero_grad()
     n, total = len(micro_batches), 0.0
-    for batch in micro_batches:
+    # gradients add up over micro-batches and ranks, so scale each loss by 1 / (n x ranks) to get
+    # the gradient of the global mean
+    scale = 1.0 / (n * (world.size if parallel else 1))
+    for i, batch in enumerate(micro_batches):
         _, loss = model(**batch)
         # subtle: one rank alone must not stop, or the others wait for it in the allreduce; in
         # parallel the global loss is checked below, on every rank alike
         if not parallel and not math.isfinite(loss.item()):
             raise FloatingPointError(f"the loss is {loss.item()}")
-        # gradients add up over micro-batches, so scale each by 1/n to get the mean's gradient
-        (loss * (1.0 / n) if n > 1 else loss).backward()
+        buckets = world.reduce_gradients(optimizer) if parallel and i == n - 1 else None  # once a step
+        (loss * scale if scale != 1 else loss).backward(on_leaf=buckets.ready if buckets else None)
         total += loss.item()
     if parallel:
-        total = world.average_gradients(optimizer, total / n) * n
+        total = buckets.finish(total / n) * n
         if not math.isfinite(total):
             raise FloatingPointError(f"the loss is {total / n}")
     norm = clip_grad_norm(model.parameters(), grad_clip) if grad_clip > 0 else float("nan")
