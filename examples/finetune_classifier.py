@@ -49,6 +49,7 @@ from tinygpt import functional
 from tinygpt.checkpoint import load_model, save_checkpoint
 from tinygpt.config import check_range, option, parse_config
 from tinygpt.data import batches
+from tinygpt.fileio import make_folder
 from tinygpt.finetune import GPTClassifier, accuracy, count_params, encode_known, pad_batch, set_trainable, split
 from tinygpt.lora import LORA_PATTERNS, apply_lora, block_targets, merged_state_dict
 from tinygpt.nn import Dropout
@@ -183,6 +184,7 @@ def main(argv=None):
     keep_freed_memory()  # reuse freed activation memory step after step (tinygpt/runtime.py)
     functional.manual_seed(cfg.seed)
     try:
+        make_folder(cfg.out_dir)  # a file in its place is refused now, not after training
         data, pool = load_data(cfg)
         model, tokenizer = build_model(cfg)
     except (FileNotFoundError, ValueError) as e:
@@ -235,7 +237,6 @@ def main(argv=None):
     # saved as a plain classifier, LoRA merged in: it loads into GPTClassifier(config, 2) as is
     plain = GPTClassifier(model.config, len(CLASSES))
     plain.load_state_dict(merged_state_dict(model))
-    os.makedirs(cfg.out_dir, exist_ok=True)
     tokenizer.save(os.path.join(cfg.out_dir, "tokenizer.tok"))
     path = os.path.join(cfg.out_dir, "classifier.npz")
     save_checkpoint(path, plain, config={"model": dataclasses.asdict(model.config), "classes": list(CLASSES),

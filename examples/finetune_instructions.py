@@ -48,7 +48,7 @@ from tinygpt import functional
 from tinygpt.checkpoint import load_model, save_checkpoint
 from tinygpt.config import check_range, option, parse_config
 from tinygpt.data import batches
-from tinygpt.fileio import atomic_write
+from tinygpt.fileio import atomic_write, make_folder
 from tinygpt.finetune import (collate, count_params, encode_known, ensure_eot, format_prompt, generate_response,
                               read_instructions, set_trainable, split)
 from tinygpt.lora import LORA_PATTERNS, apply_lora, block_targets, merge_lora, merged_state_dict
@@ -112,6 +112,7 @@ def main(argv=None):
     functional.manual_seed(cfg.seed)
     path = cfg.data or os.path.join(os.environ.get("TINYGPT_DATA_DIR", "."), "instruction-data.json")
     try:
+        make_folder(cfg.out_dir)  # a file in its place is refused now, not after training
         data = read_instructions(path)
         model, tokenizer = load_model(cfg.init_from)
     except (FileNotFoundError, ValueError) as e:

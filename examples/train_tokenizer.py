@@ -11,6 +11,8 @@ import argparse
 import os
 import time
 
+from tinygpt.data import read_text
+from tinygpt.fileio import make_folder
 from tinygpt.tokenizer import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BPETokenizer
 
 
@@ -43,8 +45,15 @@ def main():
 
     if not os.path.isfile(args.data):
         parser.error(f"{args.data} not found: pass --data or set TINYGPT_DATA_DIR")
-    with open(args.data, encoding="utf-8") as f:
-        text = f.read()
+    if args.vocab_size < 256:
+        parser.error(f"--vocab-size must be >= 256 (the byte tokens), got {args.vocab_size}")
+    try:  # what would only fail after training: a bad --out
+        text = read_text(args.data)
+        if os.path.isdir(args.out):
+            raise ValueError(f"--out {args.out} is a directory, not a file name")
+        make_folder(os.path.dirname(os.path.abspath(args.out)))
+    except ValueError as e:
+        parser.error(str(e))
     pattern = {"gpt2": GPT2_SPLIT_PATTERN, "gpt4": GPT4_SPLIT_PATTERN}[args.pattern]
     tok = BPETokenizer(pattern)
     t0 = time.perf_counter()
@@ -52,7 +61,6 @@ def main():
     print(f"trained {len(tok.merges)} merges on {len(text):,} characters of {args.data} "
           f"in {time.perf_counter() - t0:.2f} s")
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tok.save(args.out)
     print(f"saved to {args.out} (reload: tinygpt.tokenizer.load_tokenizer or BPETokenizer.load)")
 

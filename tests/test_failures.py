@@ -6,6 +6,7 @@ file was opened, or a traceback reached the user.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -251,7 +252,7 @@ def test_bad_instruction_files_are_named(tmp_path, content, message):
 
 def test_a_model_too_big_for_memory_says_so_before_allocating():
     big = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=1_000_000)
-    with pytest.raises(ValueError, match=r"needs about .* GB to train, but 8.0 GB"):
+    with pytest.raises(ValueError, match=r"needs about .* GB \(batch 12 x 64\) to train, but 8.0 GB"):
         check_memory(big, 12, available=8e9)
     check_memory(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128), 12, available=8e9)
 
@@ -273,3 +274,27 @@ def test_the_fine_tuning_examples_refuse_settings_that_cannot_train(example, fla
     r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", example), flag, value],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "tinygpt.cli", "train", "--max-iters", "1"],
+                                     [sys.executable, "examples/finetune_instructions.py"],
+                                     [sys.executable, "examples/finetune_classifier.py"]])
+def test_an_out_dir_that_is_a_file_is_a_usage_error(tmp_path, command):
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        r = subprocess.run(command + ["--out-dir", str(out)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert r.returncode == 2 and "error: " in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "afile" in r.stderr
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--temperature", "nan", "--temperature must be a finite number >= 0, got nan"),
+    ("--temperature", "-1", "--temperature must be"), ("--top-k", "-3", "--top-k must be >= 0, got -3"),
+    ("--top-p", "0", r"--top-p must be in \(0, 1\], got 0.0"), ("--top-p", "nan", "--top-p must be"),
+    ("--seed", "-1", "--seed must be >= 0"), ("--num-samples", "0", "--num-samples must be >= 1")])
+def test_sampling_flags_out_of_range_are_usage_errors_before_the_checkpoint_is_read(flag, value, message, capsys):
+    from tinygpt.cli import sample
+    with pytest.raises(SystemExit) as e:
+        sample(["--out-dir", "/nonexistent", flag, value])
+    assert e.value.code == 2
+    assert re.search(message, capsys.readouterr().err)

@@ -443,7 +443,17 @@ def test_from_pretrained_errors_name_the_file_and_key(tmp_path):
     tensors["transformer.h.1.mlp.c_fc.bias"] = np.zeros(3, dtype=np.float32)
     del tensors["transformer.ln_f.bias"]
     st.save_file(tensors, weights)
-    with pytest.raises(ValueError, match=r"model.safetensors.*transformer.ln_f.bias.*transformer.h.1.mlp.c_fc.bias"):
+    with pytest.raises(ValueError, match=r"model.safetensors does not hold the weights .*config.json describes: "
+                                         r"1 missing \['transformer.ln_f.bias'\], 0 unknown"):
+        GPT.from_pretrained(tmp_path)
+    tensors["transformer.ln_f.bias"] = np.zeros(32, dtype=np.float32)
+    st.save_file(tensors, weights)
+    with pytest.raises(ValueError, match=r"model.safetensors: transformer.h.1.mlp.c_fc.bias has shape \(3,\), "
+                                         r"but .*config.json says \(128,\)"):
+        GPT.from_pretrained(tmp_path)
+    tensors["transformer.h.1.mlp.c_fc.bias"] = np.zeros(128, dtype=np.float32)
+    st.save_file(dict(tensors, **{"transformer.h.1.mlp.extra": np.zeros(3, dtype=np.float32)}), weights)
+    with pytest.raises(ValueError, match=r"0 missing \[\], 1 unknown \['transformer.h.1.mlp.extra'\]"):
         GPT.from_pretrained(tmp_path)
     tensors = dict(model.state_dict(), **{"lm_head.weight": np.zeros((50, 32), dtype=np.float32)})
     st.save_file(tensors, weights)
@@ -493,7 +503,13 @@ def _retype(header, key, dtype):
     ("config.json", lambda b: json.dumps({**json.loads(b), "n_embd": "32"}).encode(), "config.json: GPTConfig.n_embd"),
     # a config that claims a model far bigger than its weights: refused before the model is built
     ("config.json", lambda b: json.dumps({**json.loads(b), "n_embd": 10**7, "n_head": 1}).encode(),
-     r"transformer.w[tp]e.weight has shape \(\d+, 32\), but .*config.json says \(\d+, 10000000\)"),
+     r"config.json: GPTConfig\(.*n_embd=10000000.*\), with .* parameters, needs about .* GB to hold its weights"),
+    # one that fits in memory, but not in the file: refused before the model is built
+    ("config.json", lambda b: json.dumps({**json.loads(b), "vocab_size": 10**5}).encode(),
+     r"transformer.wte.weight has shape \(50, 32\), but .*config.json says \(100000, 32\)"),
+    # a config of 10^9 tokens that names a weight the file lacks: no 10^9-row table is allocated
+    ("config.json", lambda b: json.dumps({**json.loads(b), "vocab_size": 10**9, "n_embd": 2, "n_head": 1}).encode(),
+     r"needs about 16.0 GB to hold its weights|has shape \(\d+,( \d+)?\), but .*config.json says"),
 ])
 def test_from_pretrained_refuses_a_lying_file_naming_it(tmp_path, name, change, needle):
     pytest.importorskip("safetensors")

@@ -207,9 +207,9 @@ def test_get_lr_schedule():
 
 
 def test_optimizer_argument_errors():
-    with pytest.raises(ValueError, match="learning rate"):
+    with pytest.raises(ValueError, match="AdamW lr must be >= 0, got -1"):
         AdamW(make_params(), lr=-1)
-    with pytest.raises(ValueError, match="betas"):
+    with pytest.raises(ValueError, match=r"AdamW beta2 must be in \[0, 1\), got 1.0"):
         AdamW(make_params(), lr=1e-3, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="momentum"):
         SGD(make_params(), lr=1e-3, momentum=1.5)

@@ -25,6 +25,7 @@ when to save (train.py).
 """
 import dataclasses
 import json
+import math
 import os
 import zipfile
 
@@ -33,10 +34,11 @@ import numpy as np
 from . import functional
 from .fileio import atomic_write, file_in_folder
 from .model import GPT, GPTConfig
-from .runtime import available_memory
+from .runtime import available_memory, check_memory
 from .tokenizer import BPETokenizer, load_tokenizer
 
 FORMAT, VERSION = "tinygpt-checkpoint", 1
+META_MAX_BYTES = 16 << 20  # the JSON metadata: configs, RNG states, a loss history of 100k evaluations
 CKPT_FILE, TOKENIZER_FILE = "ckpt.npz", "tokenizer.tok"  # a training run's files in its --out-dir
 
 
@@ -87,30 +89,61 @@ def save_checkpoint(path, model, optimizer=None, config=None, iter_num=0, rng=No
     atomic_write(path, lambda f: np.savez(f, allow_pickle=False, **arrays))
 
 
-def _check_members(zf, path, max_bytes):
-    """Check every member's sizes before inflating any: the total that the zip says they inflate
-    to must fit in `max_bytes`, and each .npy header must describe exactly its member's bytes.
-    A small file can hold a member that inflates to GBs, or a header that claims 10^12 numbers."""
+def _member_limits(meta, path):
+    """{member: most numbers it may hold} as a function, from the meta's model config (None
+    without one, for a plain Module's checkpoint): each of GPT's weights its shape's size, a weight
+    a model adds to GPT (a classifier's head) at most the largest of them, each optimizer buffer
+    (one flat array over the trainable weights) at most all of them."""
+    if "model" not in meta["config"]:
+        return None
+    config = _gpt_config(meta["config"]["model"], path)
+    check_memory(config)  # a config no machine could hold: its shapes are not even listed
+    sizes = {f"model/{name}.npy": math.prod(shape) for name, shape in config.parameter_shapes().items()}
+    largest, total = max(sizes.values()), sum(sizes.values())
+    return lambda name: sizes.get(name, largest if name.startswith("model/") else 1 if name == "optim/step.npy" else total)
+
+
+def _check_members(zf, max_bytes, path):
+    """Check every member's sizes before inflating any: the meta first, at most META_MAX_BYTES;
+    then each array against the shapes the meta's model config implies (`_member_limits`), and
+    their total against `max_bytes`; each .npy header must describe exactly its member's bytes.
+    A small file can hold a member that inflates to GBs, or a header that claims 10^12 numbers.
+    Returns the meta, parsed and checked."""
     infos = zf.infolist()
+    for n, info in enumerate(infos, start=1):
+        if not (info.filename == "meta.npy" or info.filename.startswith(("model/", "optim/"))) \
+                or not info.filename.endswith(".npy"):
+            raise ValueError(f"member {n} is not one of a checkpoint's (meta, model/*, optim/*)")
+    meta_info = next((i for i in infos if i.filename == "meta.npy"), None)
+    if meta_info is None:
+        raise ValueError("it has no 'meta' entry")
+    if meta_info.file_size > META_MAX_BYTES:
+        raise ValueError(f"its meta would take {meta_info.file_size:,} bytes, more than the {META_MAX_BYTES:,} allowed")
+    with zf.open(meta_info) as f:
+        meta = _checked_meta(json.loads(np.lib.format.read_array(f, allow_pickle=False).tobytes().decode("utf-8")))
     total = sum(i.file_size for i in infos)
     if max_bytes is not None and total > max_bytes:
         raise ValueError(f"its arrays would take {total / 1e9:.2f} GB, more than the {max_bytes / 1e9:.2f} GB available")
+    limit = _member_limits(meta, path)
     for info in infos:
-        if not info.filename.endswith(".npy"):
-            raise ValueError(f"member {info.filename[:80]!r} is not a .npy array")
+        name = repr(info.filename[:80])
         with zf.open(info) as f:
             version = np.lib.format.read_magic(f)
             if version not in ((1, 0), (2, 0)):
-                raise ValueError(f"member {info.filename[:80]!r} is .npy version {version}")
+                raise ValueError(f"member {name} is .npy version {version}")
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(f)  # the header only: nothing is inflated past it
             header = f.tell()
         if dtype.hasobject:
-            raise ValueError(f"member {info.filename[:80]!r} holds Python objects, which are never unpickled")
+            raise ValueError(f"member {name} holds Python objects, which are never unpickled")
         nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
         if header + nbytes != info.file_size:
-            raise ValueError(f"member {info.filename[:80]!r} claims shape {shape[:8]} of {dtype} "
-                             f"({nbytes:,} bytes) but holds {info.file_size - header:,}")
+            raise ValueError(f"member {name} claims shape {shape[:8]} of {dtype} ({nbytes:,} bytes) "
+                             f"but holds {info.file_size - header:,}")
+        if limit is not None and info is not meta_info and (dtype.itemsize > 8 or math.prod(shape) > limit(info.filename)):
+            raise ValueError(f"member {name} holds {math.prod(shape):,} numbers of {dtype}, more than the "
+                             f"{limit(info.filename):,} its model config allows")
+    return meta
 
 
 def _checked_meta(meta):
@@ -124,25 +157,27 @@ def _checked_meta(meta):
     for key, kind in types.items():
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
             raise ValueError(f"its meta field {key!r} is {type(meta.get(key)).__name__}, not {kind}")
+    if not 0 <= meta["iter_num"] < 2**63:
+        raise ValueError(f"its meta field 'iter_num' must be in [0, 2**63), got {meta['iter_num']}")
+    if not all(isinstance(state, dict) for state in meta["dropout_rng_states"]):
+        raise ValueError("its meta field 'dropout_rng_states' must be a list of generator states (dicts)")
     return meta
 
 
 def read_checkpoint(path, max_bytes="available"):
     """Read and check a checkpoint file into a `Checkpoint`. Anything that is not a complete
     tinygpt checkpoint (truncated, corrupt, crafted, another program's .npz) raises ValueError
-    naming it, before more memory is taken than the arrays it declares (at most `max_bytes`,
-    by default the memory available)."""
+    naming it, before more memory is taken than the arrays its model config implies, and at most
+    `max_bytes` (by default the memory available)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist" if not os.path.exists(path) else
+                                f"checkpoint {path!r} is not a regular file")
     if max_bytes == "available":
         max_bytes = available_memory()
     try:
         with zipfile.ZipFile(path) as zf:
-            _check_members(zf, path, max_bytes)
+            meta = _check_members(zf, max_bytes, path)
         with np.load(path, allow_pickle=False) as z:
-            if "meta" not in z.files:
-                raise ValueError("it has no 'meta' entry")
-            meta = _checked_meta(json.loads(z["meta"].tobytes().decode("utf-8")))
             # read every array now: a corrupt member fails its CRC check here, not later
             model = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
             optim = {k[len("optim/"):]: z[k] for k in z.files if k.startswith("optim/")}
@@ -155,15 +190,21 @@ def read_checkpoint(path, max_bytes="available"):
         raise ValueError(f"{path} is not a readable tinygpt checkpoint: {e}") from None
 
 
+def _gpt_config(settings, path):
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: its model config is {type(settings).__name__}, not a dict of GPTConfig's fields")
+    try:
+        return GPTConfig(**settings)
+    except (TypeError, ValueError) as e:  # unknown keys, wrong types or values
+        raise ValueError(f"{path}: its model config is not a GPTConfig ({e})") from None
+
+
 def model_config(ckpt, path="checkpoint"):
     """The GPTConfig a checkpoint's model was built with, checked against its arrays, so that a
     crafted config (n_embd 10^7) can never make the model allocate more than the file held."""
-    try:
-        config = GPTConfig(**ckpt.config["model"])
-    except KeyError:
-        raise ValueError(f"{path} has no model config: was it written by tinygpt train?") from None
-    except (TypeError, ValueError) as e:  # unknown keys, wrong types or values
-        raise ValueError(f"{path}: its model config is not a GPTConfig ({e})") from None
+    if "model" not in ckpt.config:
+        raise ValueError(f"{path} has no model config: was it written by tinygpt train?")
+    config = _gpt_config(ckpt.config["model"], path)
     expect = {"transformer.wte.weight": (config.vocab_size, config.n_embd),
               "transformer.wpe.weight": (config.block_size, config.n_embd),
               f"transformer.h.{config.n_layer - 1}.attn.c_attn.weight": (config.n_embd, 3 * config.n_embd)}

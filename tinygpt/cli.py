@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from .checkpoint import CKPT_FILE, load_model
+from .config import check_range
 from .train import main as train_main
 
 USAGE = """usage: tinygpt {train,sample} [flags]
@@ -70,9 +71,13 @@ def stream_sample(model, tokenizer, prompt_ids, args, out=sys.stdout):
 def sample(argv=None):
     parser = build_sample_parser()
     args = parser.parse_args(argv)
-    if args.max_new_tokens < 0 or args.num_samples < 1:
-        parser.error(f"--max-new-tokens must be >= 0 and --num-samples >= 1, got "
-                     f"{args.max_new_tokens} and {args.num_samples}")
+    try:  # every setting, before the checkpoint is read
+        check_range(args, ("max_new_tokens", "top_k", "temperature") + (("seed",) if args.seed is not None else ()), 0)
+        check_range(args, ("num_samples",), 1)
+        if args.top_p is not None and not 0 < args.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    except ValueError as e:
+        parser.error(str(e))
     try:
         model, tokenizer = load_model(args.ckpt or os.path.join(args.out_dir, CKPT_FILE), args.tokenizer)
         prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [0]

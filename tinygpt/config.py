@@ -16,6 +16,9 @@ What it leaves out: config files and `exec`-based overrides (nanoGPT's configura
 import argparse
 import dataclasses
 import math
+import numbers
+
+import numpy as np
 
 
 def option(default, help, type=None, choices=None):
@@ -24,20 +27,25 @@ def option(default, help, type=None, choices=None):
     return dataclasses.field(default=default, metadata={"help": help, "type": type, "choices": choices})
 
 
-def check_range(cfg, names, low, high=math.inf):
-    """For a config's `__post_init__`: each field in `names` must be in [low, high), else a
-    ValueError naming its flag. subtle: `not low <= x < high` is also true for NaN (and inf
-    fails `x < inf`), so a NaN setting can never train on silently into NaN weights.
+def check_range(cfg, names, low, high=math.inf, owner=None):
+    """For a config's `__post_init__`: each field in `names` must be a number in [low, high), else a
+    ValueError naming its flag (or `owner.name`, for a class that is not a set of flags).
+    subtle: `not low <= x < high` is also true for NaN (and inf fails `x < inf`), so a NaN
+    setting can never train on silently into NaN weights.
 
     Example:
         check_range(cfg, ("beta1", "beta2"), 0, 1)   # ValueError: --beta2 must be in [0, 1), got 1.0
+        check_range(opt, ("lr",), 0, owner="AdamW")  # ValueError: AdamW lr must be a finite number >= 0, got nan
     """
     for name in names:
+        label = f"{owner} {name}" if owner else "--" + name.replace("_", "-")
         value = getattr(cfg, name)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{label} must be a number, got {value!r}")
         if not low <= value < high:
             limit = (f"in [{low}, {high})" if high < math.inf else
-                     f">= {low}" if isinstance(value, int) else f"a finite number >= {low}")
-            raise ValueError(f"--{name.replace('_', '-')} must be {limit}, got {value}")
+                     f">= {low}" if isinstance(value, (int, np.integer)) else f"a finite number >= {low}")
+            raise ValueError(f"{label} must be {limit}, got {value}")
 
 
 def build_parser(config_cls, prog=None, description=None):

@@ -8,6 +8,7 @@ as in `tensor.py`, and a fused op's forward and hand-derived backward call the a
 `tinygpt.kernels` (numba or NumPy, chosen there). What this module leaves out: the graph machinery
 (tensor.py) and the kernels' inner loops (kernels/).
 """
+import math
 import numbers
 
 import numpy as np
@@ -227,11 +228,12 @@ def linear(x, weight, bias=None, transpose_weight=False):
         raise ValueError(f"linear: x {x.shape} needs weight of {('(out, in)' if transpose_weight else '(in, out)')} "
                          f"layout with in = {x.shape[-1]}, and bias (out,); got weight {weight.shape} "
                          f"and bias {None if bias is None else bias.shape}")
-    x2 = x.data.reshape(-1, K)  # (rows, in)
+    rows = math.prod(x.shape[:-1])  # not reshape(-1, K), which cannot infer rows when K = 0
+    x2 = x.data.reshape(rows, K)  # (rows, in)
     y = _mm(x2, w, None if bias is None else bias.data)  # (rows, out), the bias added as C is written
 
     def _backward():  # dx = dy W^T;  dW = x^T dy  ((out, in) layout: dy^T x);  dbias = sum of dy's rows
-        g = out.grad.reshape(-1, N)  # (rows, out)
+        g = out.grad.reshape(rows, N)  # (rows, out)
         if x.requires_grad:
             x._accumulate(_mm(g, w.T).reshape(x.shape))
         if weight.requires_grad:
@@ -250,7 +252,7 @@ def _linear_int8(x, weight, bias, transpose_weight):
         raise RuntimeError("this model's weights are quantized to int8, for inference only: run it under "
                            "no_grad() or evaluating(model); training needs the float32 model")
     N = weight.shape[0] if transpose_weight else weight.shape[1]
-    x2 = x.data.reshape(-1, x.shape[-1])  # (rows, in)
+    x2 = x.data.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (rows, in)
     y = kernels.gemv(x2, weight.data, None if bias is None else bias.data, weight.scale, transpose_weight)
     return Tensor(y.reshape(x.shape[:-1] + (N,)))
 
@@ -326,7 +328,7 @@ def embedding(weight, idx):
         raise ValueError(f"embedding id {bad} is out of range [0, {V})")
 
     def _backward():  # a row used k times receives the sum of its k gradients
-        ids, g = idx.reshape(-1), out.grad.reshape(-1, weight.shape[1])  # (N,), (N, C)
+        ids, g = idx.reshape(-1), out.grad.reshape(idx.size, weight.shape[1])  # (N,), (N, C)
         if weight.is_leaf and weight.grad is not None and weight.grad.dtype == weight.dtype:
             # add straight into the leaf's own gradient buffer (the optimizer's flat buffer),
             # instead of building a (V, C) array of mostly zeros and adding that: no temporary

@@ -15,12 +15,14 @@ import os
 
 import numpy as np
 
-from .fileio import atomic_write
+from .fileio import atomic_write, read_file
 from .model import GPT, GPTConfig
 from .nn import LayerNorm, Linear
+from .runtime import check_memory
 
 REQUIRED = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd")
 FLOAT_DTYPES = ("F16", "F32", "F64")  # safetensors' names of the dtypes NumPy can cast from
+MAX_CONFIG_BYTES = 1 << 20  # a GPT-2 config.json is a few hundred bytes
 
 
 def _safetensors():
@@ -37,8 +39,7 @@ def _read_config(config_file, dropout):
     """GPTConfig from a GPT-2 config.json; anything else (not JSON, not an object, wrong types, the
     options tinygpt does not implement) raises ValueError naming the file."""
     try:
-        with open(config_file, "rb") as fh:
-            hf = json.loads(fh.read().decode("utf-8"))
+        hf = json.loads(read_file(config_file, MAX_CONFIG_BYTES, "a GPT-2 config").decode("utf-8"))
     except RecursionError:  # JSON nested thousands deep
         raise ValueError(f"{config_file} is not a GPT-2 config: it is nested too deeply") from None
     except ValueError as e:  # not UTF-8, not JSON
@@ -68,24 +69,30 @@ def _read_config(config_file, dropout):
 
 def _read_weights(weights_file, config, config_file):
     """name -> array of every weight in model.safetensors. A file that is not safetensors (corrupt
-    header, truncated), holds a weight that is not float, or whose embeddings do not have the
-    config's shapes raises ValueError naming the file, before the model is built: its size comes
-    from `config_file`, so a lying config must not allocate first."""
+    header, truncated), holds a weight that is not float, lacks one of the config's weights, holds
+    one it does not have, or of another shape, raises ValueError naming the file, before any
+    array is read: the model's size comes from `config_file`, so a lying config must not allocate."""
     st = _safetensors()
-    expect = {"wte.weight": [config.vocab_size, config.n_embd], "wpe.weight": [config.block_size, config.n_embd]}
+    expect = config.parameter_shapes()
+    expect["lm_head.weight"] = expect["transformer.wte.weight"]  # optional: tied to wte
     try:
         with st.safe_open(weights_file, framework="numpy") as f:
             # causal-mask buffers saved by older transformers, not weights
             keys = [k for k in f.keys() if not k.endswith((".attn.bias", ".attn.masked_bias"))]
+            names = {k: k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k for k in keys}
+            missing = sorted(set(expect) - set(names.values()) - {"lm_head.weight"})
+            unknown = sorted(k for k, name in names.items() if name not in expect)
+            if missing or unknown:
+                raise ValueError(f"{weights_file} does not hold the weights {config_file} describes: "
+                                 f"{len(missing)} missing {missing[:3]}, {len(unknown)} unknown {unknown[:3]}")
             for key in keys:
                 header = f.get_slice(key)  # dtype and shape from the header, no data read yet
                 if header.get_dtype() not in FLOAT_DTYPES:
                     raise ValueError(f"{weights_file}: {key} is {header.get_dtype()}, but weights must be "
                                      f"one of {FLOAT_DTYPES}")
-                name = key[len("transformer."):] if key.startswith("transformer.") else key
-                if name in expect and header.get_shape() != expect[name]:
+                if tuple(header.get_shape()) != expect[names[key]]:
                     raise ValueError(f"{weights_file}: {key} has shape {tuple(header.get_shape())}, but "
-                                     f"{config_file} says {tuple(expect[name])}")
+                                     f"{config_file} says {expect[names[key]]}")
             return {key: f.get_tensor(key) for key in keys}
     except (st.SafetensorError, OSError) as e:  # safetensors' own error names no file
         raise ValueError(f"{weights_file} is not a readable safetensors file: {e}") from None
@@ -100,6 +107,11 @@ def from_pretrained(path, dropout=0.0, dtype=np.float32):
             raise FileNotFoundError(f"{f} not found: a GPT-2 checkpoint directory needs config.json and "
                                     "model.safetensors (save it with safe_serialization=True)")
     config = _read_config(config_file, dropout)
+    # the file's arrays and the model's are held at once while loading
+    try:
+        check_memory(config, bytes_per_param=2 * np.dtype(dtype).itemsize)
+    except ValueError as e:
+        raise ValueError(f"{config_file}: {e}") from None
     weights = _read_weights(weights_file, config, config_file)
     model = GPT(config, seed=0, dtype=dtype)
     state_dict, lm_head = {}, None

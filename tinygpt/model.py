@@ -23,6 +23,7 @@ import numpy as np
 
 from . import functional as F
 from .nn import Dropout, Embedding, LayerNorm, Linear, Module, evaluating
+from .runtime import check_memory
 from .tensor import Tensor
 
 
@@ -49,6 +50,24 @@ class GPTConfig:
             raise TypeError(f"GPTConfig.dropout must be a real number, got {self.dropout!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+    def parameter_shapes(self):
+        """{name: shape} of every parameter of `GPT(self)`, without building it: what a file must
+        hold for this config, and what it costs in memory (runtime.check_memory)."""
+        C, bias = self.n_embd, self.bias
+        shapes = {"transformer.wte.weight": (self.vocab_size, C), "transformer.wpe.weight": (self.block_size, C)}
+        norms = [f"transformer.h.{i}.{ln}" for i in range(self.n_layer) for ln in ("ln_1", "ln_2")] + ["transformer.ln_f"]
+        linears = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}
+        for i in range(self.n_layer):
+            for name, shape in linears.items():
+                shapes[f"transformer.h.{i}.{name}.weight"] = shape
+                if bias:
+                    shapes[f"transformer.h.{i}.{name}.bias"] = shape[1:]
+        for name in norms:
+            shapes[f"{name}.weight"] = (C,)
+            if bias:
+                shapes[f"{name}.bias"] = (C,)
+        return shapes
 
 
 class KVCache:
@@ -152,6 +171,22 @@ class Transformer(Module):
         self.ln_f = LayerNorm(config.n_embd, bias=config.bias, dtype=dtype)
 
 
+def check_sampling(temperature, top_k, top_p):
+    """The settings of `sample_next`, checked: temperature a number >= 0, top_k a positive integer
+    or None, top_p in (0, 1] or None; else ValueError or TypeError naming the value and the limit."""
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+    if not 0 <= temperature < math.inf:  # `not` also refuses NaN
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and (isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer))):
+        raise TypeError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+
+
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
     """Pick the next token of each row of `logits` (B, V) -> (B,) int64 ids.
 
@@ -163,6 +198,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
     wins under greedy decoding (torch.argmax picks it too); sampling refuses it, since softmax is
     NaN there (torch.multinomial refuses that too).
     """
+    check_sampling(temperature, top_k, top_p)
     logits = np.asarray(logits)
     if logits.ndim != 2 or logits.shape[1] == 0:
         raise ValueError(f"logits must be (B, V) with V >= 1, got shape {logits.shape}")
@@ -243,6 +279,11 @@ class GPT(Module):
     def __init__(self, config, seed=None, dtype=np.float32):
         """`seed` (an int or an np.random.Generator) makes the initial weights, and the dropout
         masks, reproducible. `dtype=np.float64` builds a float64 model for gradient checks."""
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT takes a GPTConfig, got {type(config).__name__}: build one with GPTConfig(**settings)")
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"GPT dtype must be np.float32 or np.float64, got {dtype!r}")
+        check_memory(config, bytes_per_param=np.dtype(dtype).itemsize)  # before any weight is allocated
         self.config = config
         rng = np.random.default_rng(seed)
         self.transformer = Transformer(config, dtype, rng)
@@ -354,12 +395,7 @@ class GPT(Module):
         idx = self._check_idx(idx, max_len=np.inf)  # checked now, not at the first next()
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-        if not temperature >= 0:  # `not >=` also rejects NaN
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
-            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        check_sampling(temperature, top_k, top_p)
         return self._stream(idx, max_new_tokens, temperature, top_k, top_p, np.random.default_rng(seed))
 
     def _stream(self, idx, max_new_tokens, temperature, top_k, top_p, rng):

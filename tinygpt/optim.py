@@ -26,16 +26,24 @@ Weight decay is decoupled (AdamW) and applies only to parameters with two or mor
 two groups, hence two flat buffers: `decay` and `no_decay`.
 """
 import math
+from types import SimpleNamespace
 
 import numpy as np
 
 from . import kernels
+from .config import check_range
+from .tensor import Tensor
 
 
 def _trainable(params):
     """The distinct parameters that require a gradient, in first-seen order (tied weights once)."""
+    if isinstance(params, Tensor) or not hasattr(params, "__iter__"):
+        raise TypeError(f"expected an iterable of parameters (model.parameters()), got {type(params).__name__}")
     seen, out = set(), []
     for p in params:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"expected an iterable of parameters (model.parameters()), but it holds a "
+                            f"{type(p).__name__}")
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
             out.append(p)
@@ -92,13 +100,10 @@ class _Optimizer:
     """What AdamW and SGD share: flat groups, `lr`, `zero_grad`, the step counter."""
 
     def __init__(self, params, lr, weight_decay):
-        if lr < 0:
-            raise ValueError(f"learning rate must be >= 0, got {lr}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        params = _trainable(params)
         self.lr = lr  # read at every step, so a schedule just sets `opt.lr = get_lr(...)`
         self.weight_decay = weight_decay
+        check_range(self, ("lr", "weight_decay"), 0, owner=type(self).__name__)
+        params = _trainable(params)
         self.step_count = 0
         self.groups = [FlatGroup("decay", [p for p in params if p.data.ndim >= 2], weight_decay),
                        FlatGroup("no_decay", [p for p in params if p.data.ndim < 2], 0.0)]
@@ -143,9 +148,11 @@ class AdamW(_Optimizer):
 
     def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(params, lr, weight_decay)
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must each be in [0, 1), got {betas}")
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise TypeError(f"AdamW betas must be a pair (beta1, beta2), got {betas!r}")
+        check_range(SimpleNamespace(beta1=betas[0], beta2=betas[1]), ("beta1", "beta2"), 0, 1, owner="AdamW")
         self.betas, self.eps = tuple(betas), eps
+        check_range(self, ("eps",), 0, owner="AdamW")
         self.m = [np.zeros_like(g.data) for g in self.groups]  # first moment, one flat array a group
         self.v = [np.zeros_like(g.data) for g in self.groups]  # second moment
 
@@ -176,9 +183,8 @@ class SGD(_Optimizer):
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
         super().__init__(params, lr, weight_decay)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.momentum = momentum
+        check_range(self, ("momentum",), 0, 1, owner="SGD")
         self.buf = [np.zeros_like(g.data) for g in self.groups] if momentum else []
 
     def step(self):
@@ -225,8 +231,9 @@ def clip_grad_norm(params, max_norm):
     Each gradient's sum of squares is a float32 dot product (no float64 copy of the gradients);
     only the per-tensor partial sums are added up in Python floats (double precision).
     """
-    if max_norm <= 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    check_range(SimpleNamespace(max_norm=max_norm), ("max_norm",), 0, owner="clip_grad_norm")
+    if max_norm == 0:  # would zero every gradient
+        raise ValueError("clip_grad_norm max_norm must be > 0, got 0")
     grads = [p.grad for p in _trainable(params) if p.grad is not None]
     total = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads))
     coef = max_norm / (total + 1e-6)

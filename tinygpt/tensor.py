@@ -276,7 +276,8 @@ class Tensor:
                 if b2.ndim == 2 and a2.ndim > 2:
                     # subtle: a weight shared over a batch: fold the batch into rows, one
                     # (K, rows) @ (rows, N) product instead of a stack of them summed after
-                    db = a2.reshape(-1, a2.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+                    rows = int(np.prod(a2.shape[:-1]))  # not -1: it cannot be inferred when K or N is 0
+                    db = a2.reshape(rows, a2.shape[-1]).T @ g.reshape(rows, g.shape[-1])
                 else:
                     db = unbroadcast(np.matmul(np.swapaxes(a2, -1, -2), g), b2.shape)
                 other._accumulate(db.reshape(b.shape))

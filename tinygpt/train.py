@@ -149,12 +149,14 @@ def setup(cfg, log=print, world=None):
 
     def read_files():  # rank 0's part
         nonlocal data, lock
+        # one run per folder, held until this process ends; taken first, so that a bad --out-dir
+        # is refused before the data is read
+        lock = lock_folder(cfg.out_dir)
         if folder:  # ids tokenized once, memmapped (data.prepare_token_files)
             data, text, source = TokenDataset.from_dir(folder), None, folder
         else:
             source = find_text(cfg.data)
             text = read_text(source)
-        lock = lock_folder(cfg.out_dir)  # one run per folder; held until this process ends
         remove_stale_temps(cfg.out_dir, (CKPT_FILE, TOKENIZER_FILE, CSV_FILE, PNG_FILE))
         ckpt_path, tok_path = (os.path.join(cfg.out_dir, f) for f in (CKPT_FILE, TOKENIZER_FILE))
         ckpt = None

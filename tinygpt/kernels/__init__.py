@@ -8,10 +8,12 @@ Two sets of kernels share the same names and signatures:
 
 Each name here is its kernel behind its input check (`checks.py`, applied by `checked`), so a bad
 input raises the same ValueError or TypeError whichever set runs. `TINYGPT_KERNELS=numba|numpy`
-picks the set (default numba). If numba cannot be imported, or a numba kernel fails to compile, we
-fall back to NumPy with a single warning instead of crashing: with numba, each name is also
-wrapped in a guard that catches numba's compile errors on the call that triggers the compile
-(`_or_numpy`).
+picks the set (default numba). If numba cannot be imported we fall back to NumPy with a single
+warning instead of crashing; if one numba kernel fails to compile, that kernel alone falls back to
+its NumPy version, with a warning naming it: with numba, each name is also wrapped in a guard that
+catches numba's compile errors on the call that triggers the compile (`_or_numpy`). The checks
+refuse every input numba cannot type (a read-only `out`, say), so the guard meets only a numba
+or LLVM version we do not know, never a user's mistake.
 
 subtle: nothing is imported or compiled here at `import tinygpt` time. The set is resolved on the
 first kernel call (module `__getattr__`, PEP 562), so importing tinygpt stays fast and numba's
@@ -139,8 +141,8 @@ def _hold_openblas_to_one_thread():
 
 
 def _or_numpy(name, kernel):
-    """`kernel`, except that if numba fails to compile it, every kernel switches to NumPy (one
-    warning) and this call is answered by NumPy's version (checked again: the check is cheap)."""
+    """`kernel`, except that if numba fails to compile it, this name switches to its NumPy
+    version (one warning), which answers this call and every later one; the other kernels stay."""
     from numba.core.errors import NumbaError
 
     @functools.wraps(kernel)
@@ -149,8 +151,9 @@ def _or_numpy(name, kernel):
             return kernel(*args, **kwargs)
         except NumbaError as e:  # typing or lowering failed: a numba or LLVM version we don't know
             warnings.warn(f"numba could not compile {name} ({type(e).__name__}: {str(e)[:300]}); "
-                          f"falling back to the NumPy kernels", RuntimeWarning)
-            use("numpy")
+                          f"{name} falls back to its NumPy version", RuntimeWarning)
+            from . import reference
+            globals()[name] = getattr(checked(reference), name)
             return globals()[name](*args, **kwargs)
     return guarded
 

@@ -58,8 +58,11 @@ def matmul(a, b, out=None, bias=None, accumulate=False):
         raise ValueError(f"matmul expects (M, K) @ (K, N) or (B, M, K) @ (B, K, N), got {a.shape} @ {b.shape}")
     if out is not None:
         expected = a.shape[:-1] + b.shape[-1:]
-        if out.shape != expected or out.dtype != a.dtype:
-            raise ValueError(f"matmul out must be {expected} {a.dtype}, got {out.shape} {out.dtype}")
+        if not isinstance(out, np.ndarray) or out.shape != expected or out.dtype != a.dtype:
+            raise ValueError(f"matmul out must be a {expected} {a.dtype} array, got {np.shape(out)} "
+                             f"{getattr(out, 'dtype', type(out).__name__)}")
+        if not out.flags.writeable:
+            raise ValueError("matmul writes into out in place: it must be writeable, got a read-only array")
     if bias is not None:
         bias = _cast(bias, a.dtype)
         if bias.shape != b.shape[-1:]:

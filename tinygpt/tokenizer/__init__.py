@@ -27,8 +27,8 @@ def load_tokenizer(path):
         return CharTokenizer.load(path)
     if first == BPE_VERSION.encode():
         return BPETokenizer.load(path)
-    raise ValueError(f"{path}:1: not a tinygpt tokenizer file: expected {CHAR_VERSION!r} or "
-                     f"{BPE_VERSION!r}, got {first[:40]!r}")
+    raise ValueError(f"{path}:1: not a tinygpt tokenizer file: its first line is neither {CHAR_VERSION!r} "
+                     f"nor {BPE_VERSION!r}")  # not quoted: never echo a file that is not ours
 
 
 __all__ = ["CharTokenizer", "BPETokenizer", "load_tokenizer", "GPT2_SPLIT_PATTERN",

@@ -14,14 +14,21 @@ that a truncated file is caught. A BPE file (ids are ints; `"..."` is a JSON str
     ...                                              field is the new token's text, checked on load
 
 A char file is `tinygpt-char 1`, `chars <n>`, then one JSON string per character, in id order.
-Every parse error is a ValueError that starts with `path:line:`.
+Every parse error is a ValueError that starts with `path:line:`. A message quotes a file's fields
+only once its first line has shown it is a tokenizer file (tinygpt's version line, vocab.bpe's
+"#version"); before that, and in encoder.json, which has no such line, it gives positions and
+types, never content, so that a path mistaken or planted (../../etc/passwd) cannot leak what it
+holds. Only regular files of at most MAX_FILE_BYTES are read (`fileio.read_file`).
 """
 import json
 import os
 
+from ..fileio import read_file
+
 CHAR_VERSION = "tinygpt-char 1"
 BPE_VERSION = "tinygpt-bpe 1"
 MAX_ID = 2**31 - 1  # ids are int32 in the numba kernel
+MAX_FILE_BYTES = 64 << 20  # GPT-2's 50,257 tokens take 1 MB: room for vocabularies 40x as big
 
 
 def read_lines(path, version=None):
@@ -33,35 +40,27 @@ def read_lines(path, version=None):
     """
     lines = read_bytes(path).split(b"\n")
     if version is not None and lines[0] != version.encode():
-        raise ValueError(f"{path}:1: not a {version!r} file, the first line is {lines[0][:40]!r}")
+        raise ValueError(f"{path}:1: not a {version!r} file (its first line is not {version!r})")
     if lines[-1] != b"":
         raise ValueError(f"{path}:{len(lines)}: truncated file (last line has no newline)")
     out = []
     for n, line in enumerate(lines[:-1], start=1):
         try:
             out.append(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}:{n}: not UTF-8 text: {line[:40]!r}") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{n}: not UTF-8 text (byte {e.start + 1} of the line)") from None
     return out
 
 
 def read_version(path):
-    """The first line of a file, as bytes, without reading the rest."""
-    with _open(path) as f:
-        return f.readline().rstrip(b"\n")
+    """The first line of a file, as bytes."""
+    return read_bytes(path).split(b"\n", 1)[0]
 
 
 def read_bytes(path):
-    """The whole file as bytes; a directory raises ValueError, a missing file FileNotFoundError."""
-    with _open(path) as f:
-        return f.read()
-
-
-def _open(path):
-    try:
-        return open(path, "rb")
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory, not a tokenizer file") from None
+    """The whole file as bytes; anything but a regular file of at most MAX_FILE_BYTES raises
+    ValueError, a missing file FileNotFoundError."""
+    return read_file(path, MAX_FILE_BYTES, "a tokenizer file")
 
 
 def bytes_to_unicode():
@@ -259,21 +258,19 @@ def parse_gpt2(encoder_json, vocab_bpe):
         encoder = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         lineno = data[:e.start].count(b"\n") + 1
-        raise ValueError(f"{encoder_json}:{lineno}: not UTF-8 text: {data[e.start:][:40]!r}"
-                         ) from None
+        raise ValueError(f"{encoder_json}:{lineno}: not UTF-8 text (byte {e.start + 1} of the file)") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{encoder_json}:{e.lineno}: not valid JSON: {e.msg}") from None
     if not isinstance(encoder, dict):
         raise ValueError(f"{encoder_json}:1: expected a JSON object of token string -> id")
-    tokens = {}  # id -> token string, to find an id given twice
-    for t, i in encoder.items():
+    tokens = {}  # id -> entry number, to find an id given twice
+    for n, i in enumerate(encoder.values(), start=1):
         if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= MAX_ID:
-            raise ValueError(f"{encoder_json}: token {t[:40]!r}: id must be an integer in "
-                             f"[0, {MAX_ID}], got {i!r}")
+            raise ValueError(f"{encoder_json}: entry {n}: the id must be an integer in [0, {MAX_ID}], "
+                             f"got {'one out of range' if isinstance(i, int) else 'a ' + type(i).__name__}")
         if i in tokens:
-            raise ValueError(f"{encoder_json}: tokens {tokens[i][:40]!r} and {t[:40]!r} have "
-                             f"the same id {i}")
-        tokens[i] = t
+            raise ValueError(f"{encoder_json}: entries {tokens[i]} and {n} have the same id {i}")
+        tokens[i] = n
     byte_char = bytes_to_unicode()
     if any(c not in encoder for c in byte_char.values()):
         raise ValueError(f"{encoder_json}:1: some of the 256 byte tokens are missing")
