@@ -286,3 +286,38 @@ def test_a_foreign_files_content_is_never_echoed(tmp_path):
     with pytest.raises(ValueError, match=r"latin1:2: not UTF-8 text \(byte 8 of the line\)") as e:
         load_tokenizer(str(tmp_path / "latin1"))
     assert "SECRET" not in str(e.value)
+
+
+def test_a_token_folders_meta_json_that_never_ends_is_refused(tmp_path):
+    from tinygpt.data import TokenDataset, write_token_files
+    write_token_files(str(tmp_path / "zero"), [0, 1, 2], [0, 1], vocab_size=3)
+    os.remove(tmp_path / "zero" / "meta.json")
+    os.symlink("/dev/zero", tmp_path / "zero" / "meta.json")
+    with pytest.raises(ValueError, match="meta.json is not a regular file"):
+        TokenDataset.from_dir(str(tmp_path / "zero"))
+    write_token_files(str(tmp_path / "fifo"), [0, 1, 2], [0, 1], vocab_size=3)
+    os.remove(tmp_path / "fifo" / "meta.json")
+    os.mkfifo(tmp_path / "fifo" / "meta.json")
+    code = f"from tinygpt.data import TokenDataset; TokenDataset.from_dir({str(tmp_path / 'fifo')!r})"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert "meta.json is not a regular file" in r.stderr
+
+
+def test_a_checkpoints_tokenizer_that_is_a_device_is_named_as_such(tmp_path):
+    from tinygpt.checkpoint import load_model
+    path = small_checkpoint(tmp_path)
+    os.symlink("/dev/zero", tmp_path / "tokenizer.tok")
+    with pytest.raises(ValueError, match="tokenizer.tok is not a regular file"):
+        load_model(path)
+
+
+def test_an_instruction_file_that_never_ends_is_refused():
+    from tinygpt.finetune import read_instructions
+    with pytest.raises(ValueError, match="/dev/zero is not a regular file, but should be an instruction JSON file"):
+        read_instructions("/dev/zero")
+
+
+def test_more_new_tokens_than_memory_holds_is_refused_at_the_call():
+    model = GPT(GPTConfig(**SMALL), seed=0)
+    with pytest.raises(ValueError, match=r"max_new_tokens=1000000000000 would take 8,000.0 GB for the token ids"):
+        model.generate_stream(np.zeros((1, 2), np.int64), 10**12)

@@ -289,7 +289,7 @@ def load_model(path, tokenizer_path=None):
     restore(ckpt, model, path=path)
     if tokenizer_path is None:
         tokenizer_path = file_in_folder(os.path.dirname(path), ckpt.extra.get("tokenizer_file", TOKENIZER_FILE), path)
-    if not os.path.isfile(tokenizer_path):
+    if not os.path.exists(tokenizer_path):  # anything else there, load_tokenizer names
         raise FileNotFoundError(f"tokenizer file {tokenizer_path!r} not found; pass --tokenizer PATH")
     tokenizer = load_tokenizer(tokenizer_path)
     # a fine-tuned model may have one id more than its tokenizer: the end-of-text it learned

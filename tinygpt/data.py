@@ -29,7 +29,7 @@ import urllib.request
 
 import numpy as np
 
-from .fileio import atomic_write, file_in_folder
+from .fileio import atomic_write, file_in_folder, read_file
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 MAX_UINT16_VOCAB = 65536  # ids must fit in uint16 for the .bin files
@@ -201,12 +201,13 @@ def open_bin(path):
 
 def read_meta(folder):
     path = os.path.join(folder, "meta.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
+    try:  # a regular file of a few lines: never /dev/zero or a FIFO
+        text = read_file(path, 1 << 20, "a token-file meta.json")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: write it with data.write_token_files") from None
-    except ValueError as e:
+    try:
+        meta = json.loads(text.decode("utf-8"))
+    except ValueError as e:  # not UTF-8, not JSON
         raise ValueError(f"{path} is not valid JSON ({e})") from None
     except RecursionError:
         raise ValueError(f"{path} is not valid JSON (nested too deeply)") from None

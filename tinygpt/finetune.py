@@ -27,6 +27,7 @@ import numpy as np
 
 from . import functional as F
 from .data import batches
+from .fileio import read_file
 from .model import GPT
 from .nn import Linear, evaluating
 
@@ -176,9 +177,9 @@ ALPACA_HEADER = ("Below is an instruction that describes a task. "
 def read_instructions(path):
     """The entries of an instruction JSON file: a list of {"instruction", "input" (optional),
     "output"} objects of strings. Anything else raises ValueError naming the file and entry."""
+    data = read_file(path, 1 << 30, "an instruction JSON file")  # a regular file: never /dev/zero or a FIFO
     try:
-        with open(path, encoding="utf-8") as f:
-            entries = json.load(f)
+        entries = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nesting too deep
         raise ValueError(f"{path} is not valid JSON ({type(e).__name__})") from None
     if not isinstance(entries, list) or not entries:

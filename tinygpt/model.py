@@ -23,7 +23,7 @@ import numpy as np
 
 from . import functional as F
 from .nn import Dropout, Embedding, LayerNorm, Linear, Module, evaluating
-from .runtime import check_memory
+from .runtime import available_memory, check_memory
 from .tensor import Tensor
 
 
@@ -396,6 +396,10 @@ class GPT(Module):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
         check_sampling(temperature, top_k, top_p)
+        need, available = 8 * idx.shape[0] * (idx.shape[1] + max_new_tokens), available_memory()
+        if available is not None and need > available:  # _stream keeps every token id, int64
+            raise ValueError(f"max_new_tokens={max_new_tokens} would take {need / 1e9:,.1f} GB for the token ids, "
+                             f"but {available / 1e9:.1f} GB of memory is available")
         return self._stream(idx, max_new_tokens, temperature, top_k, top_p, np.random.default_rng(seed))
 
     def _stream(self, idx, max_new_tokens, temperature, top_k, top_p, rng):
