@@ -88,15 +88,6 @@ def _pad(n, block):
 
 
 @njit(**KERNEL)
-def _width(keys):
-    """Columns of a key block to compute when its rows see at most `keys` of its keys (>= 1):
-    that many rounded up to whole SIMD vectors, at most BC. On the causal diagonal this skips
-    the keys no row sees. The forward only: in the backward it did not pay, so that computes
-    whole key blocks (BENCHMARKS.md)."""
-    return min(BC, _pad(keys, LANES))
-
-
-@njit(**KERNEL)
 def _pack_rows(x, dst, scale):
     """dst[:T, :hs] = scale * x; the padding of dst stays zero."""
     for i in range(x.shape[0]):
@@ -151,20 +142,19 @@ def _forward_block(qp, kt, vp, out, lse, i0, Tk, offset, causal):
     l[:] = 0
     seen = _visible(i0 + BR - 1, Tk, offset, causal)   # keys the block's last row sees
     for j0 in range(0, seen, BC):
-        n = _width(seen - j0)   # columns of this key block any row sees (the causal edge: fewer)
         for g in range(0, BR, MR):
-            gemm6_into(qp[i0 + g:i0 + g + MR], kt[j0 // BC], n, HSP, s[g:g + MR], False)
+            gemm6_into(qp[i0 + g:i0 + g + MR], kt[j0 // BC], BC, HSP, s[g:g + MR], False)
         for r in range(BR):
             row, lr, orow = s[r], l[r], o[r]
-            row[max(_visible(i0 + r, Tk, offset, causal) - j0, 0):n] = -np.inf   # the mask
-            m_new = max(m[r], row_max(row, n, one))  # finite: every row sees key 0
+            row[max(_visible(i0 + r, Tk, offset, causal) - j0, 0):] = -np.inf   # the mask
+            m_new = max(m[r], row_max(row, BC, one))  # finite: every row sees key 0
             alpha = exp_le0(m[r] - m_new)   # 0 on the first block, where m[r] = -inf
             # row = exp(row - m_new), and l = l alpha + sum(row), kept lane by lane: SIMD adds
             # without `reassoc`, and one horizontal sum per row at the very end instead of one
             # per key block. Loops of constant length LANES: each is one vector instruction.
             for u in range(LANES):
                 lr[u] *= alpha
-            for c in range(0, n, LANES):
+            for c in range(0, BC, LANES):
                 seg = row[c:c + LANES]
                 for u in range(LANES):
                     seg[u] = exp_le0(seg[u] - m_new)
@@ -174,7 +164,7 @@ def _forward_block(qp, kt, vp, out, lse, i0, Tk, offset, causal):
                 for d in range(HSP):
                     orow[d] *= alpha
         for g in range(0, BR, MR):
-            gemm6_into(s[g:g + MR], vp[j0:j0 + BC], HSP, n, o[g:g + MR], True)
+            gemm6_into(s[g:g + MR], vp[j0:j0 + BC], HSP, BC, o[g:g + MR], True)
     for r in range(min(BR, out.shape[0] - i0)):
         total = qp.dtype.type(0)
         for u in range(LANES):

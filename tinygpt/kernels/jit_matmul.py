@@ -49,8 +49,7 @@ KERNEL = dict(cache=True, error_model="numpy", fastmath=SUM)
 def matmul(a, b, out=None, bias=None, accumulate=False):
     """(M, K) @ (K, N) -> (M, N), or (B, M, K) @ (B, K, N) -> (B, M, N); plus bias (N,) on every
     row, added while each tile of C is written out (no second pass over C). With `accumulate`,
-    the tiles are added into `out` instead (out += a @ b: a weight gradient, straight into the
-    optimizer's buffer)."""
+    the tiles are added into `out` instead (out += a @ b)."""
     M, K = a.shape[-2:]
     N = b.shape[-1]
     if K == 0:  # an empty sum is 0: the tile loops below would write nothing at all
