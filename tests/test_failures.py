@@ -58,11 +58,20 @@ def test_a_diverging_run_stops_non_zero_and_leaves_the_checkpoint_bitwise_unchan
 
 @pytest.mark.parametrize("flag, value", [("--learning-rate", "nan"), ("--learning-rate", "0"), ("--grad-clip", "-1"),
                                          ("--grad-clip", "nan"), ("--min-lr", "inf"), ("--beta2", "1"),
-                                         ("--weight-decay", "nan")])
+                                         ("--weight-decay", "nan"), ("--seed", "-1"), ("--bpe-vocab-size", "10"),
+                                         ("--lr-decay-iters", "-1")])
 def test_settings_that_cannot_train_are_usage_errors(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
         parse_config(TrainConfig, [flag, value])
     assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_an_empty_text_file_is_refused_by_name(tmp_path):
+    from tinygpt.data import read_text
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"empty\.txt is empty"):
+        read_text(str(empty))
 
 
 # ---- 3. one vocabulary, checked before any step ------------------------------------------------

@@ -84,10 +84,13 @@ def read_text(path):
     """The whole file as a str. A file that is not UTF-8 text raises ValueError naming it."""
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read()
+            text = f.read()
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded): "
                          "pass a UTF-8 text file, or a folder of token files") from None
+    if not text:
+        raise ValueError(f"{path} is empty: there is no text to train on")
+    return text
 
 
 def split_text(text, val_fraction=0.1):

@@ -95,15 +95,17 @@ class TrainConfig:
     sample_tokens: int = option(300, "tokens to sample at the end (0: none)")
 
     def __post_init__(self):
-        check_range(self, ("bpe_vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
+        check_range(self, ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
                            "grad_accum", "eval_interval", "eval_iters", "log_interval"), 1)
-        check_range(self, ("max_iters", "warmup_iters", "sample_tokens", "learning_rate", "min_lr",
+        check_range(self, ("seed", "max_iters", "warmup_iters", "sample_tokens", "learning_rate", "min_lr",
                            "weight_decay", "grad_clip"), 0)
+        check_range(self, ("bpe_vocab_size",), 256)  # the 256 byte tokens come first
         check_range(self, ("beta1", "beta2", "dropout"), 0, 1)
         if self.learning_rate == 0:
             raise ValueError("--learning-rate must be > 0, got 0")
         if self.lr_decay_iters is None:
             self.lr_decay_iters = self.max_iters
+        check_range(self, ("lr_decay_iters",), 0)
 
 
 # ---------------------------------------------------------------------------------------- setup
