@@ -110,8 +110,8 @@ def test_linear(data, lead, K, M, with_bias, transpose_weight):
 @pytest.mark.parametrize("transpose_weight", [False, True])
 @pytest.mark.parametrize("rows,K,M", [(96, 80, 72), (700, 20, 130)])  # the second runs transposed (SWAP_M)
 def test_linear_weight_gradient_adds_into_the_leaf_buffer(transpose_weight, rows, K, M):
-    # once a leaf has a .grad (the optimizer's buffer after zero_grad), the weight gradient is
-    # added into it in place: same buffer, and the sum of both backward passes
+    # once a leaf has a .grad (the optimizer's buffer after zero_grad), the matmul kernel adds the
+    # weight gradient straight into it: same buffer, and the sum of both backward passes
     rng = np.random.default_rng(rows)
     x = tg.Tensor(rng.standard_normal((rows, K)).astype(np.float32))
     w = rng.standard_normal((M, K) if transpose_weight else (K, M)).astype(np.float32)

@@ -189,6 +189,18 @@ def _mm(a, b, bias=None):
     return c
 
 
+def _accumulate_mm(param, a, b):
+    """param.grad += a @ b, for a weight gradient. When the parameter is a leaf that already has
+    its gradient buffer (the optimizer's, set by zero_grad), the matmul kernel adds its tiles
+    straight into it: no (in, out) temporary and no second pass to add it in."""
+    grad = param.grad
+    if (param.is_leaf and grad is not None and grad.dtype == a.dtype and grad.flags.writeable
+            and not kernels.prefer_blas(a.shape[0], a.shape[1], b.shape[1])):
+        kernels.matmul(a, b, out=grad, accumulate=True)
+    else:
+        param._accumulate(_mm(a, b))
+
+
 def linear(x, weight, bias=None, transpose_weight=False):
     """y = x @ weight + bias over the last axis: x (..., in) -> (..., out).
 
@@ -225,7 +237,7 @@ def linear(x, weight, bias=None, transpose_weight=False):
         if x.requires_grad:
             x._accumulate(_mm(g, w.T).reshape(x.shape))
         if weight.requires_grad:
-            weight._accumulate(_mm(g.T, x2) if transpose_weight else _mm(x2.T, g))
+            _accumulate_mm(weight, *((g.T, x2) if transpose_weight else (x2.T, g)))
         if bias is not None and bias.requires_grad:
             bias._accumulate(kernels.sum_rows(g))
     parents = (x, weight) if bias is None else (x, weight, bias)
@@ -317,7 +329,13 @@ def embedding(weight, idx):
 
     def _backward():  # a row used k times receives the sum of its k gradients
         ids, g = idx.reshape(-1), out.grad.reshape(idx.size, weight.shape[1])  # (N,), (N, C)
-        weight._accumulate(kernels.embedding_backward(ids, g, np.zeros_like(weight.data)))
+        if weight.is_leaf and weight.grad is not None and weight.grad.dtype == weight.dtype:
+            # add straight into the leaf's own gradient buffer (the optimizer's flat buffer),
+            # instead of building a (V, C) array of mostly zeros and adding that: no temporary
+            # the size of the table, and no two passes over it every step
+            kernels.embedding_backward(ids, g, weight.grad)
+        else:
+            weight._accumulate(kernels.embedding_backward(ids, g, np.zeros_like(weight.data)))
     out = weight._result(weight.data[idx], (weight,), "embedding", _backward)
     return out
 
