@@ -11,11 +11,12 @@ HF, tinygpt, HF, ...) so drift on a shared machine hits both alike; the median i
 - the bandwidth limit: a parallel numba sum over a BW_MB array (larger than the last-level
   cache), measured in the same run; decode at that rate would read the weights once per token,
   so `% limit` is decode tok/s * weight bytes / bandwidth;
-- int8: tinygpt after model.quantize("int8"), against HF in float32, with its token agreement.
+- int8 and bf16: tinygpt after model.quantize("int8") / ("bf16"), against HF in float32, with
+  their token agreement with tinygpt's float32.
 
-With --quality CKPT it measures int8's quality instead, on a checkpoint written by training: the
-val loss of the float32 and the int8 model on the same QUALITY_BATCHES val batches, and how many of
-200 greedy tokens (after a newline) int8 picks as float32 does.
+With --quality CKPT it measures int8's and bf16's quality instead, on a checkpoint written by
+training: the val loss of the float32 and the quantized models on the same QUALITY_BATCHES val
+batches, and how many of 200 greedy tokens (after a newline) each picks as float32 does.
 
     python benchmarks/bench_generate.py
     python benchmarks/bench_generate.py --config small --rounds 5 --json out.json
@@ -70,18 +71,20 @@ def _timed(fn):
 
 def weight_bytes(model):
     """Bytes generation reads per token: every parameter but wpe (one row of it is read)."""
-    return sum(p.data.nbytes + getattr(p, "scale", np.zeros(0)).nbytes
-               for n, p in model.named_parameters() if n != "transformer.wpe.weight")
+    scales = (getattr(p, "scale", None) for _, p in model.named_parameters())  # int8's, or None
+    return sum(p.data.nbytes + (0 if s is None else s.nbytes)
+               for (n, p), s in zip(model.named_parameters(), scales) if n != "transformer.wpe.weight")
 
 
 def build(cfg, folder):
+    """HF's model, tinygpt's float32 copy of it, and a bf16 one."""
     from transformers import GPT2Config, GPT2LMHeadModel
     from tinygpt import GPT
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
                                     vocab_size=cfg["vocab_size"], n_positions=1024)).eval()
     hf.save_pretrained(folder)
-    return hf, GPT.from_pretrained(folder)
+    return hf, GPT.from_pretrained(folder), GPT.from_pretrained(folder).quantize("bf16")
 
 
 def run_model(name, cfg, rounds, bw):
@@ -90,7 +93,7 @@ def run_model(name, cfg, rounds, bw):
     long_prompt = rng.integers(0, cfg["vocab_size"], (1, PROMPT))
     prompt = rng.integers(0, cfg["vocab_size"], (1, SHORT))
     with tempfile.TemporaryDirectory() as folder:
-        hf, model = build(cfg, folder)
+        hf, model, bmodel = build(cfg, folder)
     qmodel = None
 
     def tiny_prefill():
@@ -116,13 +119,17 @@ def run_model(name, cfg, rounds, bw):
         sys.exit(f"FAIL {name}: tinygpt's greedy tokens differ from HF's from new token {first}: "
                  f"{ours[0, first:first + 8]} vs {theirs[0, first:first + 8]}")
     tiny_prefill(), hf_prefill()
-    times = {k: [] for k in ("tiny_prefill", "hf_prefill", "tiny_decode", "hf_decode", "int8_decode")}
+    times = {k: [] for k in ("tiny_prefill", "hf_prefill", "tiny_decode", "hf_decode", "int8_decode", "bf16_decode")}
     for _ in range(rounds):
         times["tiny_prefill"].append(_timed(tiny_prefill))
         times["hf_prefill"].append(_timed(hf_prefill))
         times["tiny_decode"].append(_timed(tiny_decode))
         times["hf_decode"].append(_timed(hf_decode))
     fbytes = weight_bytes(model)
+    btokens = tiny_decode(bmodel)
+    for _ in range(rounds):
+        times["bf16_decode"].append(_timed(lambda: tiny_decode(bmodel)))
+        times["hf_decode"].append(_timed(hf_decode))
     qmodel = model.quantize("int8")  # in place: the float32 runs are done
     qtokens = tiny_decode(qmodel)
     for _ in range(rounds):
@@ -133,14 +140,16 @@ def run_model(name, cfg, rounds, bw):
              tiny_prefill=PROMPT / med["tiny_prefill"], hf_prefill=PROMPT / med["hf_prefill"],
              tiny_decode=NEW / med["tiny_decode"], hf_decode=NEW / med["hf_decode"],
              int8_decode=NEW / med["int8_decode"], int8_agreement=float((qtokens == ours).mean()),
-             weight_mb=fbytes / 1e6, int8_weight_mb=weight_bytes(qmodel) / 1e6, bandwidth_gbs=bw)
-    r["limit_decode"] = bw * 1e9 / fbytes
-    r["int8_limit_decode"] = bw * 1e9 / (r["int8_weight_mb"] * 1e6)
+             bf16_decode=NEW / med["bf16_decode"], bf16_agreement=float((btokens == ours).mean()),
+             weight_mb=fbytes / 1e6, int8_weight_mb=weight_bytes(qmodel) / 1e6,
+             bf16_weight_mb=weight_bytes(bmodel) / 1e6, bandwidth_gbs=bw)
+    for kind in ("", "int8_", "bf16_"):
+        r[f"{kind}limit_decode"] = bw * 1e9 / (r[f"{kind}weight_mb"] * 1e6)
     return r
 
 
 def quality(path):
-    """float32 against int8 on a training checkpoint: val loss on the same batches, greedy agreement."""
+    """float32 against bf16 and int8 on a training checkpoint: val loss on the same batches, greedy agreement."""
     from tinygpt.checkpoint import load_model
     from tinygpt.data import TokenDataset, find_text
     from tinygpt.nn import evaluating
@@ -157,13 +166,14 @@ def quality(path):
             loss = float(np.mean([model(x, y)[1].item() for x, y in batches]))
         return loss, model.generate(prompt, QUALITY_TOKENS, temperature=0)[0, prompt.shape[1]:]
     loss32, tokens32 = measure()
-    model.quantize("int8")
-    loss8, tokens8 = measure()
-    agree = float((tokens8 == tokens32).mean())
-    first = int(np.argmax(tokens8 != tokens32)) if agree < 1 else QUALITY_TOKENS
-    print(f"{path}: val loss float32 {loss32:.4f}, int8 {loss8:.4f} ({loss8 - loss32:+.4f} nats; "
-          f"{QUALITY_BATCHES} batches of 12 x {T}); greedy tokens equal: {100 * agree:.0f}% of "
-          f"{QUALITY_TOKENS} (first difference at token {first})")
+    for kind in ("bf16", "int8"):
+        model = load_model(path)[0].quantize(kind)
+        loss, tokens = measure()
+        agree = float((tokens == tokens32).mean())
+        first = int(np.argmax(tokens != tokens32)) if agree < 1 else QUALITY_TOKENS
+        print(f"{path}: val loss float32 {loss32:.4f}, {kind} {loss:.4f} ({loss - loss32:+.4f} nats; "
+              f"{QUALITY_BATCHES} batches of 12 x {T}); greedy tokens equal: {100 * agree:.0f}% of "
+              f"{QUALITY_TOKENS} (first difference at token {first})")
 
 
 def main(argv=None):
@@ -171,7 +181,7 @@ def main(argv=None):
     p.add_argument("--config", choices=sorted(MODELS), action="append", help="model (default: both)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds of each engine (default: %(default)s)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
-    p.add_argument("--quality", metavar="CKPT", help="instead: int8 against float32 on this training checkpoint")
+    p.add_argument("--quality", metavar="CKPT", help="instead: int8 and bf16 against float32 on this training checkpoint")
     args = p.parse_args(argv)
     if args.quality:
         return quality(args.quality)
@@ -180,15 +190,19 @@ def main(argv=None):
     print(f"read bandwidth (numba prange sum of {BW_MB} MB): {bw:.1f} GB/s; torch threads {torch.get_num_threads()}")
     results = [run_model(n, MODELS[n], args.rounds, bw) for n in (args.config or ["gpt2", "small"])]
     head = (f"{'model':<7}{'prefill tok/s':>15}{'HF':>8}{'ratio':>7}{'decode tok/s':>14}{'HF':>7}{'ratio':>7}"
-            f"{'% limit':>9}{'int8 tok/s':>12}{'vs HF':>7}{'% limit':>9}{'agree':>7}")
+            f"{'% limit':>9}{'int8 tok/s':>12}{'vs HF':>7}{'% limit':>9}{'agree':>7}"
+            f"{'bf16 tok/s':>12}{'vs HF':>7}{'% limit':>9}{'agree':>7}")
     print(head)
     for r in results:
         print(f"{r['model']:<7}{r['tiny_prefill']:>15.0f}{r['hf_prefill']:>8.0f}{r['tiny_prefill'] / r['hf_prefill']:>6.2f}x"
               f"{r['tiny_decode']:>14.1f}{r['hf_decode']:>7.1f}{r['tiny_decode'] / r['hf_decode']:>6.2f}x"
               f"{100 * r['tiny_decode'] / r['limit_decode']:>8.0f}%"
               f"{r['int8_decode']:>12.1f}{r['int8_decode'] / r['hf_decode']:>6.2f}x"
-              f"{100 * r['int8_decode'] / r['int8_limit_decode']:>8.0f}%{100 * r['int8_agreement']:>6.0f}%")
-    sizes = ", ".join(f"{r['model']} {r['weight_mb']:.0f} MB, int8 {r['int8_weight_mb']:.0f} MB" for r in results)
+              f"{100 * r['int8_decode'] / r['int8_limit_decode']:>8.0f}%{100 * r['int8_agreement']:>6.0f}%"
+              f"{r['bf16_decode']:>12.1f}{r['bf16_decode'] / r['hf_decode']:>6.2f}x"
+              f"{100 * r['bf16_decode'] / r['bf16_limit_decode']:>8.0f}%{100 * r['bf16_agreement']:>6.0f}%")
+    sizes = ", ".join(f"{r['model']} {r['weight_mb']:.0f} MB, int8 {r['int8_weight_mb']:.0f} MB, "
+                      f"bf16 {r['bf16_weight_mb']:.0f} MB" for r in results)
     print(f"greedy tokens equal HF's (float32): yes; limit = bandwidth / weight bytes ({sizes})")
     if args.json:
         with open(args.json, "w") as f:

@@ -1,12 +1,13 @@
 """Generation: cached decoding against the cache-free model (tokens and logits), no graph and one
-KV cache per generate, greedy tokens equal to Hugging Face's, int8 quantization (the round trip,
-the kernel path, closeness of greedy decoding to float32, training refused), and the few-row
+KV cache per generate, greedy tokens equal to Hugging Face's, int8 and bf16 quantization (the round
+trips, the kernel path, closeness of greedy decoding to float32, training refused), and the few-row
 products (kernels.gemv) going where `linear` sends them. Runs under TINYGPT_KERNELS=numpy too."""
 import numpy as np
 import pytest
 
 from tinygpt import functional as F, kernels, no_grad
-from tinygpt.model import GPT, GPTConfig, Int8Embedding, quantize_int8
+from tinygpt.kernels.reference import bf16_to_float32
+from tinygpt.model import GPT, GPTConfig, QuantizedEmbedding, quantize_bf16, quantize_int8
 from tinygpt.nn import evaluating
 from tinygpt.tensor import Tensor
 
@@ -94,16 +95,30 @@ def test_quantize_int8_round_trip_within_half_a_step():
         assert np.allclose(np.abs(w).max(axis=axis), scale * 127 * (np.abs(w).max(axis=axis) > 0))
 
 
-def test_quantized_model_decodes_close_to_float32_and_refuses_training():
+def test_quantize_bf16_round_trip_within_half_a_step():
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal(10000) * 10.0 ** rng.integers(-20, 20, 10000)).astype(np.float32)  # many exponents
+    q = quantize_bf16(w)
+    assert q.dtype == np.uint16
+    back = bf16_to_float32(q)
+    # 8 significant bits: half a step is at most 2^-8 of |w|, rounding to nearest
+    assert np.all(np.abs(back - w) <= np.abs(w) * 2.0**-8)
+    assert np.array_equal(bf16_to_float32(quantize_bf16(back)), back)  # bfloat16 values are kept exactly
+    # a tie goes to the even neighbour: 1 + 2^-8 is halfway between 1 and 1 + 2^-7
+    assert bf16_to_float32(quantize_bf16(np.float32([1 + 2**-8, 1 + 3 * 2**-8]))).tolist() == [1.0, 1 + 2**-6]
+
+
+@pytest.mark.parametrize("kind,dtype", [("int8", np.int8), ("bf16", np.uint16)])
+def test_quantized_model_decodes_close_to_float32_and_refuses_training(kind, dtype):
     config = GPTConfig(**dict(SMALL, n_embd=128))
     model = jittered(config, scale=0.05)
     prompt = np.random.default_rng(2).integers(0, SMALL["vocab_size"], (1, 4))
     expected = model.generate(prompt, 24, temperature=0)  # float32's greedy sequence
     with evaluating(model):
         ref_logits = model(expected)[0].data
-    model.quantize("int8")
-    assert model.transformer.h[0].mlp.c_fc.weight.dtype == np.int8
-    assert isinstance(model.transformer.wte, Int8Embedding)
+    model.quantize(kind)
+    assert model.transformer.h[0].mlp.c_fc.weight.dtype == dtype
+    assert isinstance(model.transformer.wte, QuantizedEmbedding)
     with evaluating(model):
         logits = model(expected)[0].data
     assert np.abs(logits - ref_logits).max() < 0.05 * np.abs(ref_logits).max()
@@ -111,10 +126,12 @@ def test_quantized_model_decodes_close_to_float32_and_refuses_training():
     agreement = (logits.argmax(-1) == ref_logits.argmax(-1)).mean()
     assert agreement >= 0.9, agreement
     assert model.generate(prompt, 24, temperature=0).shape == expected.shape
-    with pytest.raises(RuntimeError, match="int8, for inference only"):
+    with pytest.raises(RuntimeError, match=f"{kind}, for inference only"):
         model(prompt, prompt)
     with pytest.raises(ValueError, match="int8"):
         model.quantize("int4")
+    with pytest.raises(ValueError, match="already quantized"):
+        model.quantize("bf16")
 
 
 def test_greedy_tokens_equal_hugging_face(tmp_path):

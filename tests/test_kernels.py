@@ -615,6 +615,21 @@ def test_gemv_int8_matches_reference(M, K, N, transposed):
     np.testing.assert_allclose(expected, x @ (wf.T if transposed else wf) + b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["w(K,N)", "w(N,K)"])
+@pytest.mark.parametrize("M,K,N", [(1, 768, 2304), (5, 130, 257), (1, 1536, 2048)])  # the last: parallel
+def test_gemv_bf16_matches_reference(M, K, N, transposed):
+    rng = np.random.default_rng(K + 2 * N)
+    x, b = rand(rng, (M, K), np.float32), rand(rng, (N,), np.float32)
+    w = rand(rng, (N, K) if transposed else (K, N), np.float32)
+    q = (w.view(np.uint32) >> 16).astype(np.uint16)  # bfloat16 bits: float32's upper half
+    expected = ref.gemv(x, q, b, None, transposed)
+    # the widening is exact, so only the sum's order differs: ~K eps of sum|terms|
+    close(jit.gemv(x, q, b, None, transposed), expected, np.float32, k=K, scale=np.abs(expected).max())
+    # and it is the product with the float32 whose lower 16 bits are zero
+    wf = (w.view(np.uint32) & 0xFFFF0000).view(np.float32).astype(np.float64)
+    np.testing.assert_allclose(expected, x @ (wf.T if transposed else wf) + b, rtol=1e-4, atol=1e-4)
+
+
 def test_gemv_rejects_bad_input():
     x = np.ones((2, 4), np.float32)
     for kernel_set in (ref, jit):

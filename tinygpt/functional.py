@@ -214,8 +214,8 @@ def linear(x, weight, bias=None, transpose_weight=False):
     back.
     """
     _check_float(x, "linear")
-    if isinstance(weight, Tensor) and weight.dtype == np.int8:
-        return _linear_int8(x, weight, bias, transpose_weight)
+    if isinstance(weight, Tensor) and weight.dtype in (np.int8, np.uint16):  # GPT.quantize's int8 or bf16
+        return _linear_quantized(x, weight, bias, transpose_weight)
     _check_float(weight, "linear", "weight")
     if bias is not None:
         _check_float(bias, "linear", "bias")
@@ -245,11 +245,13 @@ def linear(x, weight, bias=None, transpose_weight=False):
     return out
 
 
-def _linear_int8(x, weight, bias, transpose_weight):
-    """`linear` with int8 weights (GPT.quantize): weight.data holds round(w / weight.scale), one
-    scale per output channel; the gemv kernel dequantizes as it reads. Inference only."""
+def _linear_quantized(x, weight, bias, transpose_weight):
+    """`linear` with quantized weights (GPT.quantize): int8, weight.data holds round(w / weight.scale)
+    with one scale per output channel; or bfloat16 bits (uint16). The gemv kernel widens them as
+    it reads. Inference only."""
     if is_grad_enabled():
-        raise RuntimeError("this model's weights are quantized to int8, for inference only: run it under "
+        kind = "int8" if weight.dtype == np.int8 else "bf16"
+        raise RuntimeError(f"this model's weights are quantized to {kind}, for inference only: run it under "
                            "no_grad() or evaluating(model); training needs the float32 model")
     N = weight.shape[0] if transpose_weight else weight.shape[1]
     x2 = x.data.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (rows, in)

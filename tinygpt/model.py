@@ -24,6 +24,7 @@ import numpy as np
 from . import functional as F
 from .nn import Dropout, Embedding, LayerNorm, Linear, Module, evaluating
 from .runtime import available_memory, check_memory
+from .kernels.reference import QUANTIZED, bf16_to_float32
 from .tensor import Tensor
 
 
@@ -255,22 +256,38 @@ def quantize_int8(w, axis):
     return q, scale.reshape(-1).astype(np.float32)
 
 
-def _to_int8(p, axis):
-    """Quantize Parameter p in place (GPT.quantize): p.data becomes int8, p.scale its scales."""
-    p.data, p.scale = quantize_int8(p.data, axis)
+def quantize_bf16(w):
+    """bfloat16 as uint16: the upper 16 bits of each float32, rounded to nearest even on the lower
+    16 (8 significant bits, float32's range); bf16_to_float32 widens them back exactly.
+
+    Example: 1 + 2**-8 (halfway between two bfloat16s) -> 0x3F80, which is 1.0 (the even one).
+    """
+    bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _quantize(p, kind, axis):
+    """Quantize Parameter p in place (GPT.quantize): p.data becomes int8 with p.scale its scales,
+    or bfloat16 bits (uint16) with no scale."""
+    if kind == "int8":
+        p.data, p.scale = quantize_int8(p.data, axis)
+    else:
+        p.data, p.scale = quantize_bf16(p.data), None
     p.grad, p.requires_grad = None, False
 
 
-class Int8Embedding(Module):
+class QuantizedEmbedding(Module):
     """The token embedding of a quantized model: the lookup dequantizes only the rows it picks,
-    from weight.data (V, C) int8 and weight.scale (V,)."""
+    from weight.data (V, C) int8 with weight.scale (V,), or (V, C) bfloat16 bits."""
 
     def __init__(self, weight):
         self.weight = weight
 
     def forward(self, idx):
-        idx = np.asarray(idx)
-        return Tensor(self.weight.data[idx] * self.weight.scale[idx][..., None])  # idx.shape + (C,)
+        rows = self.weight.data[np.asarray(idx)]  # idx.shape + (C,)
+        if self.weight.scale is None:
+            return Tensor(bf16_to_float32(rows))
+        return Tensor(rows * self.weight.scale[np.asarray(idx)][..., None])
 
 
 class GPT(Module):
@@ -426,22 +443,26 @@ class GPT(Module):
         return np.concatenate([idx.astype(np.int64), new], axis=1)
 
     def quantize(self, kind="int8"):
-        """Store every weight matrix (each Linear's, and wte, which is also the output head) as int8
-        with one float32 scale per output channel, symmetric: scale = max|w| / 127, w ~ scale * q.
-        In place, and for inference only: a forward that records a graph raises. Returns self.
+        """Store every weight matrix (each Linear's, and wte, which is also the output head) in
+        fewer bytes, in place, for inference only (a forward that records a graph raises). Returns self.
 
-        Generation reads every weight once per token, so a quarter of the bytes is up to 4x the
-        speed; kernels.gemv dequantizes as it reads. Biases, layer norms and wpe stay float32.
+        "int8": int8 with one float32 scale per output channel, symmetric: scale = max|w| / 127,
+        w ~ scale * q (a quarter of the bytes). "bf16": bfloat16, the upper 16 bits of each float32
+        (half the bytes, float32's range, 8 significant bits).
+
+        Generation reads every weight once per token, so fewer bytes is more speed; kernels.gemv
+        widens the weights as it reads. Biases, layer norms and wpe stay float32.
         """
-        if kind != "int8":
-            raise ValueError(f"quantize supports 'int8', got {kind!r}")
+        if kind not in QUANTIZED:
+            raise ValueError(f"quantize supports {sorted(QUANTIZED)}, got {kind!r}")
+        if any(p.dtype.kind in "iu" for p in self.parameters()):  # int8 or bf16 bits
+            raise ValueError(f"quantize({kind!r}): this model is already quantized")
         for _, m in list(self.named_modules()):
-            if isinstance(m, Linear) and m.weight.dtype != np.int8:
-                _to_int8(m.weight, axis=0)  # (in, out): one scale a column
+            if isinstance(m, Linear):
+                _quantize(m.weight, kind, axis=0)  # (in, out): one int8 scale a column
         wte = self.transformer.wte
-        if not isinstance(wte, Int8Embedding):
-            _to_int8(wte.weight, axis=1)    # (V, C): one scale a row, an output of the head
-            self.transformer.wte = Int8Embedding(wte.weight)
+        _quantize(wte.weight, kind, axis=1)        # (V, C): one int8 scale a row, an output of the head
+        self.transformer.wte = QuantizedEmbedding(wte.weight)
         return self
 
     # ---- Hugging Face GPT-2 checkpoints (hf.py) -----------------------------------------------------

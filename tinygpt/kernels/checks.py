@@ -82,7 +82,7 @@ def gemv(x, w, bias=None, scale=None, transposed=False):
             raise ValueError("gemv with int8 weights needs scale=, one float per output channel")
     elif scale is not None:
         raise ValueError(f"gemv: scale is for int8 weights, got weights of dtype {w.dtype}")
-    else:
+    elif w.dtype != np.uint16:  # uint16: bfloat16 bits, widened by the kernel
         w = _cast(w, x.dtype)
     out = [x, w]
     for name, v in (("bias", bias), ("scale", scale)):

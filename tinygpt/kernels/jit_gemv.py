@@ -26,16 +26,31 @@ never a second one over W.
 int8 weights (`GPT.quantize`): w holds q = round(w / scale), with one float32 scale per output
 channel (a column of a (K, N) w, a row of a (N, K) one). The scale is constant along the sum, so
 y[m, n] = scale[n] * sum_k x[m, k] q[k, n] + bias[n]: each int8 becomes a float as it is read
-and is never stored as one. Inputs arrive checked (checks.py).
+and is never stored as one. bfloat16 weights (uint16, the upper half of a float32's bits) are
+widened the same way, by a shift into the upper half (`widen`). Inputs arrive checked (checks.py).
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
+from numba.core import types
+from numba.extending import overload
 
-from .jit_math import PARALLEL_BYTES, threads
+from .jit_math import PARALLEL_BYTES, bitcast, threads
 
 BLOCK = 64   # weight rows a task in layout 2: enough tasks to balance the cores
 SUM = {"contract", "reassoc"}  # FMAs, and sums in any order (float32 tolerance: ~K eps)
 KERNEL = dict(cache=True, error_model="numpy", fastmath=SUM)
+
+
+def widen(v):
+    """A weight as a float: bfloat16 bits (uint16) -> float32; int8 and floats as they are."""
+    raise NotImplementedError("called only from numba kernels")
+
+
+@overload(widen)
+def _widen(v):
+    if v == types.uint16:
+        return lambda v: bitcast(np.int32(np.int32(v) << 16))  # the 16 bits: a float32's upper half
+    return lambda v: v
 
 
 def gemv(x, w, bias=None, scale=None, transposed=False):
@@ -67,7 +82,7 @@ def _gemv_columns(x, w, bias, scale, out, nparts):  # layout 1: w (K, N)
             for i in range(M):
                 a, acc = x[i, k], partial[part, i]
                 for j in range(N):      # vectorized along j; acc (N floats) stays in L1
-                    acc[j] += a * wk[j]
+                    acc[j] += a * widen(wk[j])
     for i in range(M):                  # add the parts up, then the scale and the bias
         orow = out[i]
         orow[:] = partial[0, i]
@@ -94,7 +109,7 @@ def _gemv_rows(x, w, bias, scale, out):  # layout 2: w (N, K), a dot product per
                 xm = x[m]
                 acc = x.dtype.type(0)
                 for k in range(K):  # vectorized: `reassoc` lets LLVM split the sum over SIMD lanes
-                    acc += xm[k] * wn[k]
+                    acc += xm[k] * widen(wn[k])
                 if scale.size:
                     acc *= scale[n]
                 if bias.size:

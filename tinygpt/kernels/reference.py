@@ -28,10 +28,20 @@ def matmul(a, b, out=None, bias=None, accumulate=False):
     return c
 
 
+QUANTIZED = {"int8": np.int8, "bf16": np.uint16}  # weight storage gemv reads besides float (GPT.quantize)
+
+
+def bf16_to_float32(q):
+    """bfloat16 bits (uint16) -> float32: they are the upper 16 bits, the lower 16 are zero."""
+    return (q.astype(np.uint32) << 16).view(np.float32)
+
+
 def gemv(x, w, bias=None, scale=None, transposed=False):
     """x (M, K) @ w (K, N), or @ w (N, K)^T if `transposed` -> (M, N); times scale (N,), one per
-    output channel (int8 w: w holds round(w_float / scale)), plus bias (N,)."""
-    y = x @ (w.T if transposed else w).astype(x.dtype)
+    output channel (int8 w: w holds round(w_float / scale)), plus bias (N,). bfloat16 w (uint16)
+    is widened to float32 first."""
+    w = bf16_to_float32(w) if w.dtype == np.uint16 else w.astype(x.dtype)
+    y = x @ (w.T if transposed else w)
     if scale is not None:
         y *= scale
     if bias is not None:
