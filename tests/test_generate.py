@@ -7,7 +7,8 @@ import pytest
 
 from tinygpt import functional as F, kernels, no_grad
 from tinygpt.kernels.reference import bf16_to_float32
-from tinygpt.model import GPT, GPTConfig, QuantizedEmbedding, quantize_bf16, quantize_int8
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.quantize import QuantizedEmbedding, quantize_bf16, quantize_int8
 from tinygpt.nn import evaluating
 from tinygpt.tensor import Tensor
 

@@ -22,7 +22,8 @@ from tinygpt import kernels
 from tinygpt.checkpoint import read_checkpoint, save_checkpoint
 from tinygpt.fileio import read_file
 from tinygpt.kernels import jit as numba_set
-from tinygpt.model import GPT, GPTConfig, sample_next
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.sampling import sample_next
 from tinygpt.optim import SGD, AdamW, clip_grad_norm
 from tinygpt.runtime import check_memory
 from tinygpt.tensor import Tensor

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tinygpt import hf, no_grad
-from tinygpt.model import GPT, GPTConfig, sample_next
+from tinygpt.model import GPT, GPTConfig
+from tinygpt.sampling import sample_next
 
 SMALL = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
 

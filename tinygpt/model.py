@@ -2,8 +2,9 @@
 
 Read top to bottom: `GPTConfig` (the sizes), `KVCache` (generation's memory of past keys and
 values), the model from its parts up (`CausalSelfAttention`, which keeps the fused attention call
-and the manual implementation of attention side by side; `MLP`, `Block`, `Transformer`),
-`sample_next` (picking a token from logits), and `GPT`: forward and generation. Names are GPT-2's
+and the manual implementation of attention side by side; `MLP`, `Block`, `Transformer`), and
+`GPT`: forward and generation (sampling.py picks each token, quantize.py stores the weights in
+fewer bytes for `GPT.quantize`). Names are GPT-2's
 own (`wte`, `wpe`, `h`, `ln_1`, `attn.c_attn`, `c_proj`, `mlp.c_fc`, `ln_f`), so Hugging Face
 `GPT2LMHeadModel` checkpoints map one to one (`GPT.from_pretrained`, `GPT.save_pretrained`).
 
@@ -24,7 +25,9 @@ import numpy as np
 from . import functional as F
 from .nn import Dropout, Embedding, LayerNorm, Linear, Module, evaluating
 from .runtime import available_memory, check_memory
-from .kernels.reference import QUANTIZED, bf16_to_float32
+from .kernels.reference import QUANTIZED
+from .quantize import QuantizedEmbedding, quantize_parameter
+from .sampling import check_sampling, sample_next
 from .tensor import Tensor
 
 
@@ -170,124 +173,6 @@ class Transformer(Module):
         self.drop = Dropout(config.dropout)
         self.h = [Block(config, dtype, rng) for _ in range(config.n_layer)]
         self.ln_f = LayerNorm(config.n_embd, bias=config.bias, dtype=dtype)
-
-
-def check_sampling(temperature, top_k, top_p):
-    """The settings of `sample_next`, checked: temperature a number >= 0, top_k a positive integer
-    or None, top_p in (0, 1] or None; else ValueError or TypeError naming the value and the limit."""
-    for name, value in (("temperature", temperature), ("top_p", top_p)):
-        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-    if not 0 <= temperature < math.inf:  # `not` also refuses NaN
-        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature}")
-    if top_k is not None and (isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer))):
-        raise TypeError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
-    """Pick the next token of each row of `logits` (B, V) -> (B,) int64 ids.
-
-    temperature 0 is greedy (argmax). Otherwise the probabilities are softmax(logits / temperature),
-    cut to the top_k most likely tokens and/or to the smallest set of most likely tokens whose
-    probabilities add up to at least top_p (nucleus sampling), then renormalised.
-
-    A row that names no token raises ValueError: one with a NaN, or -inf everywhere. A +inf logit
-    wins under greedy decoding (torch.argmax picks it too); sampling refuses it, since softmax is
-    NaN there (torch.multinomial refuses that too).
-    """
-    check_sampling(temperature, top_k, top_p)
-    logits = np.asarray(logits)
-    if logits.ndim != 2 or logits.shape[1] == 0:
-        raise ValueError(f"logits must be (B, V) with V >= 1, got shape {logits.shape}")
-    # one pass finds every bad row: its max is NaN if it holds a NaN, +inf if it holds +inf,
-    # and -inf if it is -inf everywhere
-    m = logits.max(axis=-1, keepdims=True)  # (B, 1)
-    for r in np.flatnonzero(~np.isfinite(m[:, 0])):
-        if np.isnan(m[r, 0]):
-            raise ValueError(f"logits row {r} holds NaN: no token can be picked "
-                             "(tinygpt.detect_anomaly() names the op that made it)")
-        if m[r, 0] < 0:
-            raise ValueError(f"logits row {r} is -inf everywhere: no token can be picked")
-        if temperature != 0:
-            raise ValueError(f"logits row {r} holds +inf: softmax is undefined there, so it cannot be "
-                             "sampled (temperature=0 takes the argmax)")
-    if temperature == 0:
-        return logits.argmax(axis=-1).astype(np.int64)
-    rng = np.random.default_rng(rng)
-    V = logits.shape[-1]
-    # float64: only (B, V) per step, and the cumulative sums below stay exact enough to reach 1.
-    # Shifted by the max before the division, so that no temperature overflows a finite logit
-    logits = (logits.astype(np.float64) - m) / temperature  # (B, V), each row's max now 0
-    if top_k is not None and top_k < V:
-        kth = np.partition(logits, -top_k, axis=-1)[:, [-top_k]]  # (B, 1): the k-th largest logit
-        logits = np.where(logits < kth, -np.inf, logits)
-    probs = np.exp(logits)
-    probs /= probs.sum(axis=-1, keepdims=True)
-    if top_p is not None and top_p < 1.0:
-        order = np.argsort(-probs, axis=-1)                       # most likely first
-        sorted_probs = np.take_along_axis(probs, order, axis=-1)
-        # keep a token while the more likely ones add up to less than top_p: the first is always kept
-        keep_sorted = np.cumsum(sorted_probs, axis=-1) - sorted_probs < top_p
-        keep = np.empty_like(keep_sorted)
-        np.put_along_axis(keep, order, keep_sorted, axis=-1)
-        probs = np.where(keep, probs, 0.0)
-    # inverse-CDF sampling of every row at once: the first token whose cumulative probability
-    # passes u ~ U[0, total); tokens of probability 0 can never be picked
-    cdf = np.cumsum(probs, axis=-1)
-    u = rng.random((len(cdf), 1)) * cdf[:, -1:]
-    return np.minimum((cdf <= u).sum(axis=-1), V - 1).astype(np.int64)
-
-
-def quantize_int8(w, axis):
-    """Symmetric int8 with one scale per output channel: w (float) -> (q int8, scale float32), with
-    scale = max|w| / 127 over `axis` (the input axis), q = round(w / scale); w ~ q * scale.
-
-    Example: quantize_int8([[0.5, -2.0], [1.0, 1.0]], axis=0) -> q [[64, -127], [127, 64]], scale
-    [1/127, 2/127]: each column's largest |w| maps to 127.
-    """
-    w = np.asarray(w, dtype=np.float32)
-    scale = np.abs(w).max(axis=axis, keepdims=True) / 127
-    scale[scale == 0] = 1  # an all-zero channel: any scale gives q = 0
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-    return q, scale.reshape(-1).astype(np.float32)
-
-
-def quantize_bf16(w):
-    """bfloat16 as uint16: the upper 16 bits of each float32, rounded to nearest even on the lower
-    16 (8 significant bits, float32's range); bf16_to_float32 widens them back exactly.
-
-    Example: 1 + 2**-8 (halfway between two bfloat16s) -> 0x3F80, which is 1.0 (the even one).
-    """
-    bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def _quantize(p, kind, axis):
-    """Quantize Parameter p in place (GPT.quantize): p.data becomes int8 with p.scale its scales,
-    or bfloat16 bits (uint16) with no scale."""
-    if kind == "int8":
-        p.data, p.scale = quantize_int8(p.data, axis)
-    else:
-        p.data, p.scale = quantize_bf16(p.data), None
-    p.grad, p.requires_grad = None, False
-
-
-class QuantizedEmbedding(Module):
-    """The token embedding of a quantized model: the lookup dequantizes only the rows it picks,
-    from weight.data (V, C) int8 with weight.scale (V,), or (V, C) bfloat16 bits."""
-
-    def __init__(self, weight):
-        self.weight = weight
-
-    def forward(self, idx):
-        rows = self.weight.data[np.asarray(idx)]  # idx.shape + (C,)
-        if self.weight.scale is None:
-            return Tensor(bf16_to_float32(rows))
-        return Tensor(rows * self.weight.scale[np.asarray(idx)][..., None])
 
 
 class GPT(Module):
@@ -459,9 +344,9 @@ class GPT(Module):
             raise ValueError(f"quantize({kind!r}): this model is already quantized")
         for _, m in list(self.named_modules()):
             if isinstance(m, Linear):
-                _quantize(m.weight, kind, axis=0)  # (in, out): one int8 scale a column
+                quantize_parameter(m.weight, kind, axis=0)  # (in, out): one int8 scale a column
         wte = self.transformer.wte
-        _quantize(wte.weight, kind, axis=1)        # (V, C): one int8 scale a row, an output of the head
+        quantize_parameter(wte.weight, kind, axis=1)      # (V, C): one int8 scale a row, an output of the head
         self.transformer.wte = QuantizedEmbedding(wte.weight)
         return self
 
