@@ -100,7 +100,14 @@ def _member_limits(meta, path):
     check_memory(config)  # a config no machine could hold: its shapes are not even listed
     sizes = {f"model/{name}.npy": math.prod(shape) for name, shape in config.parameter_shapes().items()}
     largest, total = max(sizes.values()), sum(sizes.values())
-    return lambda name: sizes.get(name, largest if name.startswith("model/") else 1 if name == "optim/step.npy" else total)
+
+    def limit(member):
+        if member in sizes:
+            return sizes[member]
+        if member.startswith("model/"):
+            return largest  # a weight the model adds to GPT's
+        return 1 if member == "optim/step.npy" else total
+    return limit
 
 
 def _check_members(zf, max_bytes, path):

@@ -87,7 +87,6 @@ def file_in_folder(folder, name, source):
     return os.path.join(folder, name)
 
 
-
 def make_folder(folder):
     """Create `folder` (and its parents) unless it exists; a file in its place, or a folder that
     cannot be made, raises ValueError naming it."""

@@ -4,9 +4,9 @@ Read top to bottom: `GPTConfig` (the sizes), `KVCache` (generation's memory of p
 values), the model from its parts up (`CausalSelfAttention`, which keeps the fused attention call
 and the manual implementation of attention side by side; `MLP`, `Block`, `Transformer`), and
 `GPT`: forward and generation (sampling.py picks each token, quantize.py stores the weights in
-fewer bytes for `GPT.quantize`). Names are GPT-2's
-own (`wte`, `wpe`, `h`, `ln_1`, `attn.c_attn`, `c_proj`, `mlp.c_fc`, `ln_f`), so Hugging Face
-`GPT2LMHeadModel` checkpoints map one to one (`GPT.from_pretrained`, `GPT.save_pretrained`).
+fewer bytes for `GPT.quantize`). Names are GPT-2's own (`wte`, `wpe`, `h`, `ln_1`, `attn.c_attn`,
+`c_proj`, `mlp.c_fc`, `ln_f`), so Hugging Face `GPT2LMHeadModel` checkpoints map one to one
+(`GPT.from_pretrained`, `GPT.save_pretrained`).
 
 Choices that differ from nanoGPT, on purpose:
 - No dropout on the attention probabilities (the fused kernel never forms them); there is dropout
@@ -25,8 +25,7 @@ import numpy as np
 from . import functional as F
 from .nn import Dropout, Embedding, LayerNorm, Linear, Module, evaluating
 from .runtime import available_memory, check_memory
-from .kernels.reference import QUANTIZED
-from .quantize import QuantizedEmbedding, quantize_parameter
+from .quantize import QUANTIZED, QuantizedEmbedding, quantize_parameter
 from .sampling import check_sampling, sample_next
 from .tensor import Tensor
 

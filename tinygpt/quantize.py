@@ -11,6 +11,8 @@ from .kernels.reference import bf16_to_float32
 from .nn import Module
 from .tensor import Tensor
 
+QUANTIZED = {"int8": np.int8, "bf16": np.uint16}  # the kinds GPT.quantize offers: name -> stored dtype
+
 
 def quantize_int8(w, axis):
     """Symmetric int8 with one scale per output channel: w (float) -> (q int8, scale float32), with

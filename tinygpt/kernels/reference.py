@@ -28,9 +28,6 @@ def matmul(a, b, out=None, bias=None, accumulate=False):
     return c
 
 
-QUANTIZED = {"int8": np.int8, "bf16": np.uint16}  # weight storage gemv reads besides float (GPT.quantize)
-
-
 def bf16_to_float32(q):
     """bfloat16 bits (uint16) -> float32: they are the upper 16 bits, the lower 16 are zero."""
     return (q.astype(np.uint32) << 16).view(np.float32)

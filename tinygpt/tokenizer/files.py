@@ -266,8 +266,8 @@ def parse_gpt2(encoder_json, vocab_bpe):
     tokens = {}  # id -> entry number, to find an id given twice
     for n, i in enumerate(encoder.values(), start=1):
         if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= MAX_ID:
-            raise ValueError(f"{encoder_json}: entry {n}: the id must be an integer in [0, {MAX_ID}], "
-                             f"got {'a ' + type(i).__name__ if isinstance(i, bool) or not isinstance(i, int) else 'one out of range'}")
+            got = "one out of range" if isinstance(i, int) and not isinstance(i, bool) else "a " + type(i).__name__
+            raise ValueError(f"{encoder_json}: entry {n}: the id must be an integer in [0, {MAX_ID}], got {got}")
         if i in tokens:
             raise ValueError(f"{encoder_json}: entries {tokens[i]} and {n} have the same id {i}")
         tokens[i] = n
