@@ -647,6 +647,33 @@ def test_gemv_rejects_bad_input():
             kernel_set.gemv(x.astype(np.int32), np.ones((4, 3), np.float32))
 
 
+def test_one_thread_twins_equal_their_parallel_kernels():
+    """Small work (a decode step's one row) runs a kernel's twin compiled without parallel=True
+    (jit_math.on_one_thread): the same loops, so the same numbers as the parallel kernel."""
+    from tinygpt.kernels import jit_attention, jit_gemv
+    rng = np.random.default_rng(0)
+    x, w, b = rand(rng, (3, 40), np.float32), rand(rng, (40,), np.float32), rand(rng, (40,), np.float32)
+    q, k, v = rand(rng, (2, 3, 1, 8), np.float32), rand(rng, (2, 3, 9, 8), np.float32), rand(rng, (2, 3, 9, 8), np.float32)
+    wk, bias, none = rand(rng, (40, 7), np.float32), rand(rng, (7,), np.float32), np.zeros(0, np.float32)
+    out = lambda shape: np.zeros(shape, np.float32)  # noqa: E731
+    calls = [  # (parallel kernel, its twin, arguments, which of them are outputs)
+        (numba_set._layer_norm_rows, numba_set._layer_norm_rows_1, (x, w, b, 1e-5), ()),
+        (numba_set._gelu, numba_set._gelu_1, (x.reshape(-1), np.float32(0.79788456)), ()),
+        (jit_attention._forward_one_query, jit_attention._forward_one_query_1,
+         (q, k, v, out((2, 3, 1, 8)), out((2, 3, 1))), (3, 4)),
+        (jit_gemv._gemv_columns, jit_gemv._gemv_columns_1, (x, wk, bias, none, out((3, 7)), 1), (4,)),
+        (jit_gemv._gemv_rows, jit_gemv._gemv_rows_1, (x, wk.T.copy(), bias, none, out((3, 7))), (4,)),
+    ]
+    def results(kernel, args, outs):  # the returned arrays, or the outputs written in place
+        args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        returned = kernel(*args)
+        return [args[i] for i in outs] if outs else list(returned) if isinstance(returned, tuple) else [returned]
+    for kernel, twin, args, outs in calls:
+        assert twin.py_func.__code__ is kernel.py_func.__code__ and not twin.targetoptions["parallel"]
+        for got, expected in zip(results(twin, args, outs), results(kernel, args, outs), strict=True):
+            close(got, expected, np.float32, k=40)
+
+
 def test_numba_kernels_hold_openblas_to_one_thread():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     if kernels.use("numba") != "numba":

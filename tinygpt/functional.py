@@ -366,7 +366,7 @@ def scaled_dot_product_attention(q, k, v, causal=True):
     return out
 
 
-def self_attention(qkv, n_head, causal=True):
+def self_attention(qkv, n_head, causal=True, kv_cache=None):
     """Multi-head self-attention straight from c_attn's output: qkv (B, T, 3C), laid out as
     [q | k | v] with each C = n_head * hs wide and heads side by side -> (B, T, C), heads side
     by side again.
@@ -375,8 +375,12 @@ def self_attention(qkv, n_head, causal=True):
     scaled_dot_product_attention, then merging the heads, but as ONE op: q, k, v are strided
     views that the kernel reads in place, the numba kernel's output is already laid out
     (B, T, nh, hs), and the backward hands back one (B, T, 3C) gradient. That drops the split,
-    permute and reshape nodes and their gradient copies (BENCHMARKS.md). With a KV cache the model
-    uses the composition instead (model.CausalSelfAttention).
+    permute and reshape nodes and their gradient copies (BENCHMARKS.md), in training and in
+    each step of generation.
+
+    With `kv_cache` (a model.KVCache), k and v are appended to the cached positions and the T
+    queries attend to all of them. The cache holds plain arrays, so as in the model's manual
+    path the gradient reaches q only: the keys and values are constants (inference).
     """
     _check_float(qkv, "self_attention")
     if isinstance(n_head, bool) or not isinstance(n_head, (int, np.integer)) or n_head < 1:
@@ -387,11 +391,15 @@ def self_attention(qkv, n_head, causal=True):
     B, T, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
     heads = qkv.data.reshape(B, T, 3, n_head, C // n_head)                      # a view
     q, k, v = (heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))          # 3 x (B, nh, T, hs) views
+    if kv_cache is not None:
+        k, v = kv_cache.append(k, v)                                            # (B, nh, T_past + T, hs)
     y, lse = kernels.attention_forward(q, k, v, causal)                         # (B, nh, T, hs)
 
     def _backward():  # scaled_dot_product_attention's backward, on the heads' views
         dy = out.grad.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)  # (B, nh, T, hs) view
         dq, dk, dv = kernels.attention_backward(q, k, v, y, lse, dy, causal)
+        if kv_cache is not None:  # constants: no gradient
+            dk = dv = np.zeros_like(dq)
         # back to [dq | dk | dv] over the last axis: (B, nh, T, hs) -> (B, T, C) each, one copy
         qkv._accumulate(np.concatenate([g.transpose(0, 2, 1, 3).reshape(B, T, C) for g in (dq, dk, dv)], axis=-1))
     out = qkv._result(y.transpose(0, 2, 1, 3).reshape(B, T, C), (qkv,), "attention", _backward)

@@ -85,13 +85,13 @@ class KVCache:
         self.length = 0  # positions filled
 
     def append(self, k, v):
-        """Store k, v (B, nh, T, hs) after the cached positions; return keys and values of every
-        position so far, (B, nh, length, hs), as views of the buffers."""
+        """Store arrays k, v (B, nh, T, hs) after the cached positions; return keys and values of
+        every position so far, (B, nh, length, hs), as views of the buffers."""
         start, end = self.length, self.length + k.shape[2]
-        self.k[:, :, start:end] = k.data
-        self.v[:, :, start:end] = v.data
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
         self.length = end
-        return Tensor(self.k[:, :, :end]), Tensor(self.v[:, :, :end])
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class CausalSelfAttention(Module):
@@ -103,35 +103,31 @@ class CausalSelfAttention(Module):
         self.c_proj = Linear(C, C, bias=config.bias, dtype=dtype, rng=rng)
         self.resid_dropout = Dropout(config.dropout)
         self.n_head = config.n_head
-        # True: the fused attention ops (F.self_attention, F.scaled_dot_product_attention);
-        # False: the manual implementation of attention in forward, as Tensor ops (same numbers)
+        # True: the fused attention op (F.self_attention); False: the manual implementation of
+        # attention in forward, as Tensor ops (same numbers)
         self.fused = True
 
     def forward(self, x, kv_cache=None):
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x)  # (B, T, 3C): columns laid out as [q | k | v], each C = nh * hs wide
-        if self.fused and kv_cache is None:
-            # training: the split into heads, the attention and the merge as one op that copies
-            # nothing (F.self_attention)
-            y = F.self_attention(qkv, nh, causal=True)  # (B, T, C)
+        if self.fused:
+            # the split into heads, the cache, the attention and the merge as one op that copies
+            # nothing (F.self_attention); its causal mask is aligned bottom-right, as below
+            y = F.self_attention(qkv, nh, causal=True, kv_cache=kv_cache)  # (B, T, C)
             return self.resid_dropout(self.c_proj(y))
+        # manual implementation of attention
         q, k, v = [t.reshape(B, T, nh, hs).permute(0, 2, 1, 3)  # (B, nh, T, hs)
                    for t in qkv.split(3, axis=-1)]              # 3 x (B, T, C)
-        if kv_cache is not None:
-            k, v = kv_cache.append(k, v)  # (B, nh, T_past + T, hs)
-        if self.fused:
-            # the kernel aligns its causal mask bottom-right, as the manual path below does
-            y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, nh, T, hs)
-        else:
-            # manual implementation of attention
-            T_past = k.shape[2] - T  # positions already in the cache
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T_past + T)
-            # causal mask, bottom-right aligned: query i (position T_past + i) sees key j <= T_past + i
-            future = np.triu(np.ones((T, T_past + T), dtype=bool), k=T_past + 1)  # (T, T_past + T)
-            att = att.masked_fill(future, -np.inf)
-            att = F.softmax(att, axis=-1)
-            y = att @ v  # (B, nh, T, T_past + T) x (B, nh, T_past + T, hs) -> (B, nh, T, hs)
+        if kv_cache is not None:  # the cache holds plain arrays: constants, no gradient
+            k, v = (Tensor(a) for a in kv_cache.append(k.data, v.data))  # (B, nh, T_past + T, hs)
+        T_past = k.shape[2] - T  # positions already in the cache
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T_past + T)
+        # causal mask, bottom-right aligned: query i (position T_past + i) sees key j <= T_past + i
+        future = np.triu(np.ones((T, T_past + T), dtype=bool), k=T_past + 1)  # (T, T_past + T)
+        att = att.masked_fill(future, -np.inf)
+        att = F.softmax(att, axis=-1)
+        y = att @ v  # (B, nh, T, T_past + T) x (B, nh, T_past + T, hs) -> (B, nh, T, hs)
         y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C): re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 

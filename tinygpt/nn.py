@@ -144,8 +144,9 @@ def evaluating(model):
         with evaluating(model):
             logits, loss = model(x, y)
     """
-    modes = [(m, m.training) for _, m in model.named_modules()]
-    model.eval()
+    modes = [(m, m.training) for _, m in model.named_modules()]  # one walk: generation enters once a token
+    for m, _ in modes:
+        m.training = False  # model.eval(), without walking the modules again
     try:
         with no_grad():
             yield model

@@ -13,7 +13,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from . import reference as ref
-from .jit_math import FEW_ROWS, exp_le0, row_dot, row_max, row_sum, sigmoid_pair, threads
+from .jit_math import FEW_ROWS, exp_le0, on_one_thread, row_dot, row_max, row_sum, sigmoid_pair
 from .jit_matmul import matmul, prefer_blas  # noqa: F401 (re-exported)
 from .jit_attention import attention_backward, attention_forward  # noqa: F401 (re-exported)
 from .jit_gemv import gemv  # noqa: F401 (re-exported)
@@ -79,8 +79,8 @@ def _softmax_backward_rows(y, dy, scale):  # dx = scale * y * (dy - sum(dy * y))
 # ---------------------------------------------------------------------------------------- layer norm
 
 def layer_norm_forward(x, weight, bias, eps=1e-5):
-    with threads(parallel=x.shape[0] >= FEW_ROWS):  # a decode step's one row: one thread
-        return _layer_norm_rows(contiguous(x), contiguous(weight), contiguous(bias), eps)
+    kernel = _layer_norm_rows if x.shape[0] >= FEW_ROWS else _layer_norm_rows_1  # a decode step's one row: one thread
+    return kernel(contiguous(x), contiguous(weight), contiguous(bias), eps)
 
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath=SUM)
@@ -99,6 +99,9 @@ def _layer_norm_rows(x, w, b, eps):  # x (N, C) -> y (N, C), mean (N,), rstd (N,
             y[r, j] = (xr[j] - mu) * rs * w[j] + b[j]
         mean[r], rstd[r] = mu, rs
     return y, mean, rstd
+
+
+_layer_norm_rows_1 = on_one_thread(_layer_norm_rows)
 
 
 def layer_norm_backward(dy, x, weight, mean, rstd):
@@ -156,8 +159,8 @@ def _sum_rows(x, nchunks):  # (N, C) -> (C,): each chunk of rows into its own pa
 # ---------------------------------------------------------------------------------------- gelu
 
 def gelu_forward(x):
-    with threads(parallel=x.ndim < 2 or x.size >= FEW_ROWS * x.shape[-1]):  # a decode step's one row: one thread
-        return _gelu(contiguous(x).reshape(-1), x.dtype.type(ref.GELU_C)).reshape(x.shape)
+    kernel = _gelu if x.ndim < 2 or x.size >= FEW_ROWS * x.shape[-1] else _gelu_1  # a decode step's one row: one thread
+    return kernel(contiguous(x).reshape(-1), x.dtype.type(ref.GELU_C)).reshape(x.shape)
 
 
 @njit(parallel=True, **KERNEL)
@@ -171,6 +174,9 @@ def _gelu(x, c):
         u = c * (xi + k * xi * xi * xi)
         y[i] = xi * sigmoid_pair(u + u)[0]
     return y
+
+
+_gelu_1 = on_one_thread(_gelu)
 
 
 def gelu_backward(x, dy):

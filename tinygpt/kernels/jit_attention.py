@@ -33,7 +33,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from . import reference as ref
-from .jit_math import LANES, PARALLEL_BYTES, exp_le0, row_dot, row_max, stack_empty, threads
+from .jit_math import LANES, PARALLEL_BYTES, exp_le0, on_one_thread, row_dot, row_max, stack_empty
 from .jit_matmul import MR, gemm6_into
 
 BR, BC = 4 * MR, 8 * MR   # query rows and keys per block (24, 48): multiples of MR and of KU;
@@ -48,8 +48,8 @@ def attention_forward(q, k, v, causal=True):
         return ref.attention_forward(q, k, v, causal)
     out, lse = _heads_major(q.shape, q.dtype), np.empty(q.shape[:3], q.dtype)
     if q.shape[2] == 1:  # a decode step: it sees every key, so `causal` changes nothing
-        with threads(parallel=k.nbytes + v.nbytes >= PARALLEL_BYTES):
-            _forward_one_query(q, k, v, out, lse)
+        kernel = _forward_one_query if k.nbytes + v.nbytes >= PARALLEL_BYTES else _forward_one_query_1
+        kernel(q, k, v, out, lse)
         return out, lse
     _forward(q, k, v, causal, out, lse, get_num_threads())
     return out, lse
@@ -181,21 +181,28 @@ def _forward_one_query(q, k, v, out, lse):  # q, out (B, nh, 1, hs), k, v (B, nh
     scale = q.dtype.type(1 / np.sqrt(hs))
     for h in prange(B * nh):
         b, hh = h // nh, h % nh
-        qh, kh, vh, o = q[b, hh, 0], k[b, hh], v[b, hh], out[b, hh, 0]
+        # a head's rows are contiguous in the cache (whatever the strides between heads):
+        # ascontiguousarray checks that at run time and copies nothing, and the loops below, on
+        # arrays typed contiguous, vectorize
+        qh, kh, vh = np.ascontiguousarray(q[b, hh, 0]), np.ascontiguousarray(k[b, hh]), np.ascontiguousarray(v[b, hh])
         s = np.empty(Tk, q.dtype)
         for j in range(Tk):
             s[j] = scale * row_dot(qh, kh[j], hs)
         m = row_max(s, Tk, q.dtype.type(1))
-        o[:] = 0
+        o = np.zeros(hs, q.dtype)
         total = q.dtype.type(0)
         for j in range(Tk):
             p = exp_le0(s[j] - m)   # unnormalized; divided by the total at the end
             total += p
+            vj = vh[j]
             for d in range(hs):
-                o[d] += p * vh[j, d]
+                o[d] += p * vj[d]
         for d in range(hs):
-            o[d] /= total
+            out[b, hh, 0, d] = o[d] / total
         lse[b, hh, 0] = m + np.log(total)
+
+
+_forward_one_query_1 = on_one_thread(_forward_one_query)
 
 
 # ---------------------------------------------------------------------------------------- backward

@@ -18,7 +18,7 @@ streams W once, from where it lies, in one of two layouts:
    blocks of BLOCK weight rows, and each weight row is read once for all the rows of x.
 
 A weight smaller than PARALLEL_BYTES is read on the calling thread alone: waking the other
-threads costs more than they save on it (jit_math.threads).
+threads costs more than they save on it (jit_math.on_one_thread).
 
 The int8 scale and the bias are applied to each output as it is written: a pass over the outputs,
 never a second one over W.
@@ -34,7 +34,7 @@ from numba import get_num_threads, njit, prange
 from numba.core import types
 from numba.extending import overload
 
-from .jit_math import PARALLEL_BYTES, bitcast, threads
+from .jit_math import PARALLEL_BYTES, bitcast, on_one_thread
 
 BLOCK = 64   # weight rows a task in layout 2: enough tasks to balance the cores
 SUM = {"contract", "reassoc"}  # FMAs, and sums in any order (float32 tolerance: ~K eps)
@@ -63,11 +63,12 @@ def gemv(x, w, bias=None, scale=None, transposed=False):
     bias = empty if bias is None else np.ascontiguousarray(bias)
     scale = empty if scale is None else np.ascontiguousarray(scale)
     out = np.empty((x.shape[0], N), x.dtype)
-    with threads(parallel=w.nbytes >= PARALLEL_BYTES):
-        if transposed:
-            _gemv_rows(x, w, bias, scale, out)
-        else:
-            _gemv_columns(x, w, bias, scale, out, get_num_threads())
+    if transposed:
+        (_gemv_rows if w.nbytes >= PARALLEL_BYTES else _gemv_rows_1)(x, w, bias, scale, out)
+    elif w.nbytes >= PARALLEL_BYTES:
+        _gemv_columns(x, w, bias, scale, out, get_num_threads())
+    else:
+        _gemv_columns_1(x, w, bias, scale, out, 1)
     return out
 
 
@@ -115,3 +116,6 @@ def _gemv_rows(x, w, bias, scale, out):  # layout 2: w (N, K), a dot product per
                 if bias.size:
                     acc += bias[n]
                 out[m, n] = acc
+
+
+_gemv_columns_1, _gemv_rows_1 = on_one_thread(_gemv_columns), on_one_thread(_gemv_rows)

@@ -1,5 +1,5 @@
 """Numba plumbing shared by the kernels: SIMD-friendly exp and sigmoid, row reductions, stack
-arrays, the vector width, and `threads`, which runs small work on the calling thread alone.
+arrays, the vector width, and `on_one_thread`, a kernel's twin for small work on the calling thread.
 
 Why not math.exp? Without Intel's SVML, numba lowers math.exp and math.tanh to scalar libm calls,
 and a loop that calls libm cannot be vectorized; a loop that calls the polynomial below can, so
@@ -15,11 +15,11 @@ in other files may keep running the old helper.
 """
 import math
 import os
-from contextlib import contextmanager
+from types import FunctionType
 
 import numpy as np
 from llvmlite import binding as llvm, ir
-from numba import get_num_threads, njit, set_num_threads
+from numba import njit
 from numba.core import config, registry, types
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import populate_array
@@ -29,21 +29,19 @@ FEW_ROWS = 64                # below this many rows (a decode step's one token),
 PARALLEL_BYTES = 2 * 2**20   # a decode step's product or attention that reads less than this runs on one thread
 
 
-@contextmanager
-def threads(parallel):
-    """Run the kernels called inside on all of numba's threads if `parallel`, else on the calling
-    thread alone: a parallel region wakes every thread and waits for the slowest, which costs
-    more than one row's work, and on a loaded machine a whole scheduler time slice (BENCHMARKS.md).
-    set_num_threads is per calling thread, so this is decided call by call."""
-    if parallel:  # the common case costs nothing
-        yield
-        return
-    n = get_num_threads()
-    set_num_threads(1)
-    try:
-        yield
-    finally:
-        set_num_threads(n)
+def on_one_thread(kernel):
+    """`kernel` compiled again without parallel=True: its prange loops run as plain loops on the
+    calling thread. For work too small to pay for numba's threads (a decode step's one row): a
+    parallel region wakes every thread and waits for the slowest, which costs more than one
+    row's work, and on a loaded machine a whole scheduler time slice; holding it to one thread
+    with set_num_threads still pays for the launch, twice over (BENCHMARKS.md).
+    subtle: the twin is a copy of the function under its own name, because numba's on-disk cache
+    is keyed by the function's name: under the same one, the two would load each other's code."""
+    f = kernel.py_func
+    twin = FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    twin.__qualname__ = f"{f.__qualname__}_on_one_thread"
+    options = {k: v for k, v in kernel.targetoptions.items() if k != "nopython"}  # njit's own
+    return njit(cache=True, **{**options, "parallel": False})(twin)
 
 
 def prefer_512_bit_vectors():
