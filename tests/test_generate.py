@@ -5,7 +5,7 @@ products (kernels.gemv) going where `linear` sends them. Runs under TINYGPT_KERN
 import numpy as np
 import pytest
 
-from tinygpt import functional as F, kernels, no_grad
+from tinygpt import functional as F, is_grad_enabled, kernels, no_grad
 from tinygpt.kernels.reference import bf16_to_float32
 from tinygpt.model import GPT, GPTConfig
 from tinygpt.quantize import QuantizedEmbedding, quantize_bf16, quantize_int8
@@ -65,6 +65,19 @@ def test_generation_builds_no_graph_and_one_kv_cache(monkeypatch):
     model.generate(np.zeros((1, 3), np.int64), 6, temperature=0)
     assert made == [1]  # allocated once, for the whole generate
     assert all(not t.requires_grad and t._prev == () for t in seen)  # no graph under no_grad
+
+
+def test_generation_steps_run_in_eval_mode_and_leave_the_model_as_it_was_between_them():
+    model = jittered(GPTConfig(**dict(SMALL, dropout=0.5)))  # training mode: dropout would change the tokens
+    prompt = np.random.default_rng(2).integers(0, SMALL["vocab_size"], (1, 4))
+    expected, _ = uncached_greedy(model, prompt, 5)
+    model.transformer.h[0].mlp.dropout.training = False  # a mixed mode, to come back as it was
+    modes = [m.training for _, m in model.named_modules()]
+    stream, tokens = model.generate_stream(prompt, 5, temperature=0), []
+    for token in stream:  # between steps: the user's modes, and the graph on
+        tokens.append(token)
+        assert [m.training for _, m in model.named_modules()] == modes and is_grad_enabled()
+    assert np.array_equal(np.concatenate([prompt, np.stack(tokens, axis=1)], axis=1), expected)
 
 
 def test_linear_in_inference_runs_gemv_on_few_rows(monkeypatch):

@@ -271,10 +271,10 @@ class GPT(Module):
         return [KVCache(batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, dtype)
                 for _ in range(c.n_layer)]
 
-    def _next_logits(self, idx, kv_cache):
+    def _next_logits(self, idx, kv_cache, modules=None):
         """Logits (B, V) for the token after idx (which continues kv_cache), in eval mode and
-        without a graph; the modules' training flags are restored afterwards."""
-        with evaluating(self):
+        without a graph; the modules' training flags are restored afterwards (`evaluating`)."""
+        with evaluating(self, modules):
             x = self._hidden(idx, kv_cache)              # (B, T, C)
             return self._logits(x[:, -1:]).data[:, -1]   # (B, V): the head on the last position only
 
@@ -305,13 +305,14 @@ class GPT(Module):
         tokens = np.empty((B, T0 + max_new_tokens), dtype=np.int64)  # the prompt, then the output
         tokens[:, :T0] = idx
         kv_cache = self.new_kv_cache(B)
+        modules = [m for _, m in self.named_modules()]  # walked once, for evaluating at each step
         for n in range(T0, T0 + max_new_tokens):  # n: tokens so far
             if kv_cache[0].length in (0, block_size):  # first step, or the window slides: (re)fill
                 for cache in kv_cache:
                     cache.length = 0
-                logits = self._next_logits(tokens[:, max(0, n - block_size):n], kv_cache)
+                logits = self._next_logits(tokens[:, max(0, n - block_size):n], kv_cache, modules)
             else:                                      # one new position
-                logits = self._next_logits(tokens[:, n - 1:n], kv_cache)
+                logits = self._next_logits(tokens[:, n - 1:n], kv_cache, modules)
             tokens[:, n] = sample_next(logits, temperature, top_k, top_p, rng)
             yield tokens[:, n].copy()
 

@@ -137,14 +137,17 @@ class Module:
 
 
 @contextlib.contextmanager
-def evaluating(model):
+def evaluating(model, modules=None):
     """Inside the block: eval mode (no dropout) and no graph. Afterwards every module is back in
     the mode it was in, mixed modes included. The one way tinygpt evaluates or generates:
 
         with evaluating(model):
             logits, loss = model(x, y)
+
+    `modules`: the model's modules (named_modules), if the caller has them already: generation
+    enters once a token, and walking the modules each time costs more than a layer norm.
     """
-    modes = [(m, m.training) for _, m in model.named_modules()]  # one walk: generation enters once a token
+    modes = [(m, m.training) for m in (modules or [m for _, m in model.named_modules()])]
     for m, _ in modes:
         m.training = False  # model.eval(), without walking the modules again
     try:
