@@ -9,8 +9,9 @@ HF, tinygpt, HF, ...) so drift on a shared machine hits both alike; the median i
 - decode: greedy generate of NEW tokens after a 16-token prompt with the KV cache, in new
   tokens/s (the 16-token prefill included, as a user sees it);
 - the bandwidth limit: a parallel numba sum over a BW_MB array (larger than the last-level
-  cache), measured in the same run; decode at that rate would read the weights once per token,
-  so `% limit` is decode tok/s * weight bytes / bandwidth;
+  cache), measured in every round between the engines' runs (this machine's bandwidth drifts
+  from minute to minute); decode at the median of a model's readings would read the weights once
+  per token, so `% limit` is decode tok/s * weight bytes / bandwidth;
 - int8 and bf16: tinygpt after model.quantize("int8") / ("bf16"), against HF in float32, with
   their token agreement with tinygpt's float32.
 
@@ -34,6 +35,7 @@ import time
 
 import torch  # subtle: before tinygpt's kernels; PyTorch slows down many times over otherwise (bench_train.py)
 import numpy as np
+from numba import njit, prange
 
 from configs import CONFIGS  # from this script's folder (benchmarks/configs.py)
 
@@ -47,19 +49,19 @@ BW_MB = 512
 QUALITY_BATCHES, QUALITY_TOKENS = 50, 200
 
 
+@njit(parallel=True, fastmath=True)
+def _total(a):
+    s = 0.0
+    for i in prange(a.size):
+        s += a[i]
+    return s
+
+
 def bandwidth_gbs(repeats=5):
     """Parallel read bandwidth: a numba prange sum over a BW_MB float32 array, best of `repeats`."""
-    from numba import njit, prange
-
-    @njit(parallel=True, fastmath=True)
-    def total(a):
-        s = 0.0
-        for i in prange(a.size):
-            s += a[i]
-        return s
     a = np.ones(BW_MB * 2**20 // 4, np.float32)
-    total(a)
-    best = min(_timed(lambda: total(a)) for _ in range(repeats))
+    _total(a)
+    best = min(_timed(lambda: _total(a)) for _ in range(repeats))
     return a.nbytes / best / 1e9
 
 
@@ -87,7 +89,7 @@ def build(cfg, folder):
     return hf, GPT.from_pretrained(folder), GPT.from_pretrained(folder).quantize("bf16")
 
 
-def run_model(name, cfg, rounds, bw):
+def run_model(name, cfg, rounds):
     from tinygpt.nn import evaluating
     rng = np.random.default_rng(0)
     long_prompt = rng.integers(0, cfg["vocab_size"], (1, PROMPT))
@@ -120,7 +122,9 @@ def run_model(name, cfg, rounds, bw):
                  f"{ours[0, first:first + 8]} vs {theirs[0, first:first + 8]}")
     tiny_prefill(), hf_prefill()
     times = {k: [] for k in ("tiny_prefill", "hf_prefill", "tiny_decode", "hf_decode", "int8_decode", "bf16_decode")}
+    readings = []  # bandwidth, GB/s
     for _ in range(rounds):
+        readings.append(bandwidth_gbs())
         times["tiny_prefill"].append(_timed(tiny_prefill))
         times["hf_prefill"].append(_timed(hf_prefill))
         times["tiny_decode"].append(_timed(tiny_decode))
@@ -128,21 +132,24 @@ def run_model(name, cfg, rounds, bw):
     fbytes = weight_bytes(model)
     btokens = tiny_decode(bmodel)
     for _ in range(rounds):
+        readings.append(bandwidth_gbs())
         times["bf16_decode"].append(_timed(lambda: tiny_decode(bmodel)))
         times["hf_decode"].append(_timed(hf_decode))
     qmodel = model.quantize("int8")  # in place: the float32 runs are done
     qtokens = tiny_decode(qmodel)
     for _ in range(rounds):
+        readings.append(bandwidth_gbs())
         times["int8_decode"].append(_timed(lambda: tiny_decode(qmodel)))
         times["hf_decode"].append(_timed(hf_decode))
     med = {k: statistics.median(v) for k, v in times.items()}
+    bw = statistics.median(readings)
     r = dict(model=name, **cfg, prompt=PROMPT, new_tokens=NEW,
              tiny_prefill=PROMPT / med["tiny_prefill"], hf_prefill=PROMPT / med["hf_prefill"],
              tiny_decode=NEW / med["tiny_decode"], hf_decode=NEW / med["hf_decode"],
              int8_decode=NEW / med["int8_decode"], int8_agreement=float((qtokens == ours).mean()),
              bf16_decode=NEW / med["bf16_decode"], bf16_agreement=float((btokens == ours).mean()),
              weight_mb=fbytes / 1e6, int8_weight_mb=weight_bytes(qmodel) / 1e6,
-             bf16_weight_mb=weight_bytes(bmodel) / 1e6, bandwidth_gbs=bw)
+             bf16_weight_mb=weight_bytes(bmodel) / 1e6, bandwidth_gbs=bw, bandwidth_readings=readings)
     for kind in ("", "int8_", "bf16_"):
         r[f"{kind}limit_decode"] = bw * 1e9 / (r[f"{kind}weight_mb"] * 1e6)
     return r
@@ -186,9 +193,11 @@ def main(argv=None):
     if args.quality:
         return quality(args.quality)
     torch.set_num_threads(int(os.environ.get("TINYGPT_NUM_THREADS", 2)))
-    bw = bandwidth_gbs()
-    print(f"read bandwidth (numba prange sum of {BW_MB} MB): {bw:.1f} GB/s; torch threads {torch.get_num_threads()}")
-    results = [run_model(n, MODELS[n], args.rounds, bw) for n in (args.config or ["gpt2", "small"])]
+    results = [run_model(n, MODELS[n], args.rounds) for n in (args.config or ["gpt2", "small"])]
+    for r in results:
+        print(f"{r['model']}: read bandwidth (numba prange sum of {BW_MB} MB, once a round) median "
+              f"{r['bandwidth_gbs']:.1f} GB/s, from {min(r['bandwidth_readings']):.1f} to "
+              f"{max(r['bandwidth_readings']):.1f}; torch threads {torch.get_num_threads()}")
     head = (f"{'model':<7}{'prefill tok/s':>15}{'HF':>8}{'ratio':>7}{'decode tok/s':>14}{'HF':>7}{'ratio':>7}"
             f"{'% limit':>9}{'int8 tok/s':>12}{'vs HF':>7}{'% limit':>9}{'agree':>7}"
             f"{'bf16 tok/s':>12}{'vs HF':>7}{'% limit':>9}{'agree':>7}")
@@ -206,7 +215,7 @@ def main(argv=None):
     print(f"greedy tokens equal HF's (float32): yes; limit = bandwidth / weight bytes ({sizes})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"bandwidth_gbs": bw, "results": results}, f, indent=2)
+            json.dump({"results": results}, f, indent=2)
 
 
 if __name__ == "__main__":
