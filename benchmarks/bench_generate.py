@@ -193,6 +193,8 @@ def main(argv=None):
     if args.quality:
         return quality(args.quality)
     torch.set_num_threads(int(os.environ.get("TINYGPT_NUM_THREADS", 2)))
+    from tinygpt.runtime import keep_freed_memory
+    keep_freed_memory()  # as `tinygpt sample` does, for both engines alike: PyTorch allocates through the same malloc
     results = [run_model(n, MODELS[n], args.rounds) for n in (args.config or ["gpt2", "small"])]
     for r in results:
         print(f"{r['model']}: read bandwidth (numba prange sum of {BW_MB} MB, once a round) median "

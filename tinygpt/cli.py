@@ -17,6 +17,7 @@ import numpy as np
 
 from .checkpoint import CKPT_FILE, load_model
 from .config import check_range
+from .runtime import keep_freed_memory
 from .train import main as train_main
 
 USAGE = """usage: tinygpt {train,sample} [flags]
@@ -86,6 +87,7 @@ def sample(argv=None):
     except (FileNotFoundError, ValueError) as e:  # a missing checkpoint, a character not in the vocabulary, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
+    keep_freed_memory()  # each prefill's arrays, reused by the next layer and the next sample (runtime.py)
     for i in range(args.num_samples):
         if i:
             print("---------------")

@@ -1,12 +1,12 @@
 """What the machine gives a training run: memory, and one process-wide setting that makes a
-training loop fast on a CPU, `keep_freed_memory`. `available_memory` and `check_memory` refuse
-a model or a file that cannot fit, before anything is allocated.
+training loop (and sampling) fast on a CPU, `keep_freed_memory`. `available_memory` and
+`check_memory` refuse a model or a file that cannot fit, before anything is allocated.
 
-A training step allocates every activation afresh and frees them all when backward is done.
-glibc's malloc hands big freed arrays back to the kernel (munmap, and trimming the top of the
-heap), so the next step faults every page in again, each fault a trip into the kernel that also
-zero-fills the page. Asking malloc to keep freed memory for reuse removes those faults
-(BENCHMARKS.md). The cost: the process keeps its peak memory after the peak (the peak itself
+A training step allocates every activation afresh and frees them all when backward is done; so
+does each layer of a prompt's forward in generation. glibc's malloc hands big freed arrays back
+to the kernel (munmap, and trimming the top of the heap), so the next step faults every page in
+again, each fault a trip into the kernel that also zero-fills the page. Asking malloc to keep
+freed memory for reuse removes those faults (BENCHMARKS.md). The cost: the process keeps its peak memory after the peak (the peak itself
 does not grow). Only glibc (Linux) has these knobs; elsewhere this does nothing.
 """
 import ctypes
