@@ -63,12 +63,11 @@ def gemv(x, w, bias=None, scale=None, transposed=False):
     bias = empty if bias is None else np.ascontiguousarray(bias)
     scale = empty if scale is None else np.ascontiguousarray(scale)
     out = np.empty((x.shape[0], N), x.dtype)
+    parallel = w.nbytes >= PARALLEL_BYTES  # else on the calling thread (on_one_thread)
     if transposed:
-        (_gemv_rows if w.nbytes >= PARALLEL_BYTES else _gemv_rows_1)(x, w, bias, scale, out)
-    elif w.nbytes >= PARALLEL_BYTES:
-        _gemv_columns(x, w, bias, scale, out, get_num_threads())
+        (_gemv_rows if parallel else _gemv_rows_1)(x, w, bias, scale, out)
     else:
-        _gemv_columns_1(x, w, bias, scale, out, 1)
+        (_gemv_columns if parallel else _gemv_columns_1)(x, w, bias, scale, out, get_num_threads() if parallel else 1)
     return out
 
 
