@@ -110,17 +110,21 @@ def test_prefer_blas_sends_few_rows_to_openblas_only_in_inference():
 
 @pytest.mark.parametrize("out_layout,accumulate", [(None, False), ("c", False), ("transposed", False),
                                                    ("c", True), ("transposed", True)])
-def test_matmul_few_rows_long_k_runs_transposed(out_layout, accumulate):
-    # M <= SWAP_M and M < N < K: matmul computes (B^T A^T)^T, then transposes it into `out` (in
+@pytest.mark.parametrize("K", [700, 90])  # longer and shorter than N
+def test_matmul_few_rows_runs_transposed(out_layout, accumulate, K, monkeypatch):
+    # M <= SWAP_M and M < K, N: matmul computes (B^T A^T)^T, then transposes it into `out` (in
     # 16 x 16 blocks, adding the bias, or adding into out); the result and `out` must not notice
     rng = np.random.default_rng(2)
-    M, K, N = 20, 700, 130
-    assert M <= jit_matmul.SWAP_M and M < N < K
+    M, N = 20, 130
+    assert M <= jit_matmul.SWAP_M and M < min(K, N)
+    transposed = []
+    monkeypatch.setattr(jit_matmul, "_transpose_into", lambda *args, f=jit_matmul._transpose_into: transposed.append(f(*args)))
     a, b = rand(rng, (M, K), np.float32), rand(rng, (K, N), np.float32)
     before = rand(rng, (M, N), np.float32) if accumulate else np.zeros((M, N), np.float32)
     out = {None: None, "c": before.copy(), "transposed": np.asfortranarray(before)}[out_layout]
     bias = rand(rng, (N,), np.float32)
     c = jit.matmul(a, b, out=out, bias=bias, accumulate=accumulate)
+    assert len(transposed) == 1  # it took the transposed path
     assert c.shape == (M, N) and c.flags.c_contiguous == (out_layout != "transposed")
     assert out is None or c is out
     close(c - before, ref.matmul(a, b, bias=bias), np.float32, k=K, scale=np.sqrt(K))

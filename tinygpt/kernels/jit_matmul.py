@@ -41,7 +41,7 @@ MR, KU, NB = 6, 4, 64     # tile rows, K steps per sweep, tile columns (4 AVX-51
 TMAX = 128                # widest block gemm6_into computes
 TILE, T_TILE = MR * NB, MR * TMAX
 NC, KC = 8, 512          # panels packed at a time, and the K block: NC panels of KC rows are 1 MB (L2)
-SWAP_M = 384              # products of at most this many rows may run transposed (see matmul)
+SWAP_M = 384              # products of at most this many rows, fewer than K and N, run transposed (see matmul)
 SUM = {"contract", "reassoc"}  # FMAs, and sums in any order (float32 tolerance: ~K eps)
 KERNEL = dict(cache=True, error_model="numpy", fastmath=SUM)
 
@@ -58,10 +58,11 @@ def matmul(a, b, out=None, bias=None, accumulate=False):
             return c
         out[...] = out + c if accumulate else c
         return out
-    if a.ndim == 2 and M <= SWAP_M and M < N < K:
-        # Few rows and a long inner dimension (a GPT-2 step's products at T = 128, the weight
-        # gradients x^T dy of narrow layers): packing B, K x N, costs more than the M rows that
-        # reuse it save. So compute C^T = B^T A^T, which packs the smaller A instead (both
+    if a.ndim == 2 and M <= SWAP_M and M < min(N, K):
+        # Few rows, fewer than both other sides (a prompt's forward, a GPT-2 step's products at
+        # T = 128, the weight gradients x^T dy of narrow layers): packing B, K x N, costs more
+        # than the M rows that reuse it save, and M rows split poorly across cores. So compute
+        # C^T = B^T A^T, which packs the smaller A instead and splits the N rows of C^T (both
         # transposes are views; it pays only in this corner: BENCHMARKS.md). C^T is then
         # transposed into `out` in blocks (bias or accumulate on the way), not written through
         # out.T's strides, which can map a tile's 64 rows of C to a few cache sets.
