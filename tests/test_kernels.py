@@ -99,13 +99,12 @@ def test_matmul_batched_transposed_and_out_views():
     close(c, a @ bt, np.float32, k=70, scale=np.sqrt(70))
 
 
-def test_prefer_blas_sends_few_rows_to_openblas_only_in_inference():
-    # one token at a time (generation) goes to OpenBLAS; a LoRA weight gradient (r = 8 rows) while
-    # training stays on the numba kernel, since OpenBLAS's spinning threads slow the next kernels
-    assert jit_matmul.prefer_blas(8, 1024, 384, inference=True)
+def test_prefer_blas_sends_only_products_openblas_runs_on_one_thread():
+    # a LoRA weight gradient (r = 8 rows) stays on the numba kernel, since OpenBLAS's spinning
+    # threads slow the next kernels; products under OpenBLAS's threading threshold go to it
     assert not jit_matmul.prefer_blas(8, 1024, 384)
-    assert jit_matmul.prefer_blas(8, 64, 64)            # under OpenBLAS's threading threshold: always
-    assert not jit_matmul.prefer_blas(768, 128, 384, inference=True)
+    assert jit_matmul.prefer_blas(8, 64, 64)
+    assert not jit_matmul.prefer_blas(768, 128, 384)
 
 
 @pytest.mark.parametrize("out_layout,accumulate", [(None, False), ("c", False), ("transposed", False),

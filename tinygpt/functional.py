@@ -170,7 +170,9 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
     return out
 
 
-GEMV_ROWS = 64  # inference products of fewer rows than this stream the weights once (kernels.gemv)
+# inference products of fewer rows stream the weights once (kernels.gemv); from 16 rows on (a
+# prompt), the matmul kernel's transposed product is faster (BENCHMARKS.md)
+GEMV_ROWS = 16
 
 
 def _mm(a, b, bias=None):

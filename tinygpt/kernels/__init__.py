@@ -39,7 +39,7 @@ The contract (all arrays are NumPy arrays; float32 in training, float64 accepted
     cross_entropy_backward(logits, targets, logsum, dlosses, ignore_index=-100) -> dlogits
     embedding_backward(idx, dout, dweight) -> dweight             dweight[idx[i]] += dout[i], in place
     adamw_step(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None  (in place)
-    prefer_blas(M, K, N, inference=False) -> bool: True where np.matmul should be used instead of `matmul`
+    prefer_blas(M, K, N) -> bool: True where np.matmul should be used instead of `matmul`
 
 Attention scale is 1/sqrt(hs). With `causal`, query i may see key j when j <= i + (Tk - Tq)
 (bottom-right alignment, so a KV-cache step with Tq=1 sees every cached key).

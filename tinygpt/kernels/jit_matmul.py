@@ -93,19 +93,17 @@ def _product(a, b, out, bias, accumulate):
     return c
 
 
-def prefer_blas(M, K, N, inference=False):
+def prefer_blas(M, K, N):
     """Whether np.matmul (OpenBLAS) should do this (M, K) @ (K, N) product instead of `matmul`.
 
     On its own, OpenBLAS is faster at most shapes (its kernels are hand-written assembly), and
     most of all at few rows, where packing B costs more than the product. But its worker threads
-    spin after each call, and in a training step the next parallel numba kernel then fights them
-    for the cores, which costs more than OpenBLAS saved (BENCHMARKS.md). So OpenBLAS gets only
-    what it runs on one thread (M K N < 2^18, its threading threshold) and, in `inference` (no
-    gradient: generation, one token at a time), products of few rows. Not while training: there
-    few rows means a thin layer's weight gradient, as LoRA's x^T dy with x (rows, r), and the
-    spinning threads would slow the kernels that follow.
+    spin after each call, and the next parallel numba kernel then fights them for the cores,
+    which costs more than OpenBLAS saved (BENCHMARKS.md). So OpenBLAS gets only what it runs on
+    one thread: M K N < 2^18, its threading threshold. (Generation's products of a few rows run
+    kernels.gemv instead: functional.GEMV_ROWS.)
     """
-    return M * K * N < 1 << 18 or (inference and M < 64)
+    return M * K * N < 1 << 18
 
 
 def _rows(x):

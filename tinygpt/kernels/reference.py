@@ -51,7 +51,7 @@ def sum_rows(x):
     return x.sum(axis=0)
 
 
-def prefer_blas(M, K, N, inference=False):
+def prefer_blas(M, K, N):
     """Whether callers should use np.matmul for an (M, K) @ (K, N) product: here `matmul` is it."""
     return True
 
