@@ -661,7 +661,7 @@ def test_one_thread_twins_equal_their_parallel_kernels():
     out = lambda shape: np.zeros(shape, np.float32)  # noqa: E731
     calls = [  # (parallel kernel, its twin, arguments, which of them are outputs)
         (numba_set._layer_norm_rows, numba_set._layer_norm_rows_1, (x, w, b, 1e-5), ()),
-        (numba_set._gelu, numba_set._gelu_1, (x.reshape(-1), np.float32(0.79788456)), ()),
+        (numba_set._gelu, numba_set._gelu_1, (x.reshape(-1), np.float32(reference.GELU_C)), ()),
         (jit_attention._forward_one_query, jit_attention._forward_one_query_1,
          (q, k, v, out((2, 3, 1, 8)), out((2, 3, 1))), (3, 4)),
         (jit_gemv._gemv_columns, jit_gemv._gemv_columns_1, (x, wk, bias, none, out((3, 7)), 1), (4,)),

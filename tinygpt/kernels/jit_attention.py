@@ -182,8 +182,8 @@ def _forward_one_query(q, k, v, out, lse):  # q, out (B, nh, 1, hs), k, v (B, nh
     for h in prange(B * nh):
         b, hh = h // nh, h % nh
         # a head's rows are contiguous in the cache (whatever the strides between heads):
-        # ascontiguousarray checks that at run time and copies nothing, and the loops below, on
-        # arrays typed contiguous, vectorize
+        # ascontiguousarray checks that at run time and copies only if they are not, and the
+        # loops below, on arrays typed contiguous, vectorize
         qh, kh, vh = np.ascontiguousarray(q[b, hh, 0]), np.ascontiguousarray(k[b, hh]), np.ascontiguousarray(v[b, hh])
         s = np.empty(Tk, q.dtype)
         for j in range(Tk):
